@@ -1,0 +1,1 @@
+"""Reading, normalizing and encoding dialogue data."""

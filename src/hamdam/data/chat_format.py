@@ -1,0 +1,171 @@
+"""The prompt format: role markers that user text cannot forge, and loss on replies only.
+
+A dialogue is laid out as token ids, never as text that is re-parsed::
+
+    <user> u1 <assistant> a1 <end> <user> u2 <assistant> a2 <end>
+
+The markers are single tokens that already exist in the vocabulary (gpt2-fa: <|startoftext|>,
+<sep>, <|endoftext|>; a trained tokenizer: <|user|>, <|assistant|>, <|end|>). Text is encoded
+piece by piece; look-alikes of any special token in the text are neutralized first (their angle
+brackets become ‹ ›), and any special id that still appears in encoded text is dropped. So a
+message containing "<|assistant|>" or "<sep>" can never open a turn.
+
+Labels are the input ids on reply tokens and on the <end> after each reply; every other position
+(markers, user text, padding) is -100. Too-long dialogues lose their oldest turns first; the final
+reply is kept, and if even the last exchange does not fit, the user's message is cut from the left.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from hamdam.data.records import Dialogue, Turn
+from hamdam.errors import ModelLoadError
+
+IGNORE_INDEX = -100
+
+# Marker-shaped text: <|user|>, < sep >, <|endoftext|>, </s>, <s>, <pad>, ...
+_LOOKALIKE = re.compile(
+    r"<\s*/?\s*\|?\s*(?:user|assistant|system|end|endoftext|startoftext|sep|s|pad|unk|mask|bos|eos)"
+    r"\s*\|?\s*>",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class RoleMarkers:
+    """The token strings that delimit turns; each must be one token of the vocabulary."""
+
+    user: str
+    assistant: str
+    end: str
+    pad: str
+
+    def all(self) -> list[str]:
+        return [self.user, self.assistant, self.end, self.pad]
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+class ChatFormat:
+    """Encodes dialogues for training and prompts for generation with one tokenizer."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, markers: RoleMarkers, max_length: int):
+        self.tokenizer = tokenizer
+        self.markers = markers
+        self.max_length = max_length
+        ids = {}
+        for name, token in (
+            ("user", markers.user),
+            ("assistant", markers.assistant),
+            ("end", markers.end),
+            ("pad", markers.pad),
+        ):
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id is None or (
+                tokenizer.unk_token_id is not None
+                and token_id == tokenizer.unk_token_id
+                and token != tokenizer.unk_token
+            ):
+                raise ModelLoadError(
+                    f"The tokenizer has no token {token!r} for the {name} marker. Choose a token "
+                    f"that exists in its vocabulary with model.markers.{name}=..., or train a "
+                    "tokenizer that includes it."
+                )
+            ids[name] = token_id
+        self.user_id, self.assistant_id, self.end_id, self.pad_id = (
+            ids["user"],
+            ids["assistant"],
+            ids["end"],
+            ids["pad"],
+        )
+        self._special_ids = set(tokenizer.all_special_ids) | set(ids.values())
+        specials = sorted(set(tokenizer.all_special_tokens) | set(markers.all()), key=len, reverse=True)
+        self._special_text = re.compile("|".join(re.escape(s) for s in specials if s))
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Generation ends at the end marker, or where the model starts a new turn itself."""
+        return [self.end_id, self.user_id, self.assistant_id]
+
+    @staticmethod
+    def _defuse(match: re.Match[str]) -> str:
+        return match.group(0).replace("<", "‹").replace(">", "›")
+
+    def sanitize(self, text: str) -> str:
+        """Neutralize marker look-alikes so that text stays text."""
+        text = self._special_text.sub(self._defuse, text)
+        return _LOOKALIKE.sub(self._defuse, text)
+
+    def encode_text(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(self.sanitize(text), add_special_tokens=False)
+        return [i for i in ids if i not in self._special_ids]
+
+    def _pairs(self, turns: Sequence[Turn]) -> list[tuple[list[int], list[int]]]:
+        pairs = []
+        for k in range(0, len(turns), 2):
+            user = self.encode_text(turns[k].text)
+            reply = self.encode_text(turns[k + 1].text) if k + 1 < len(turns) else []
+            pairs.append((user, reply))
+        return pairs
+
+    def encode_dialogue(self, dialogue: Dialogue) -> Example:
+        """Token ids and labels for training, within ``max_length``."""
+        pairs = self._pairs(dialogue.turns)
+        budget = self.max_length
+        user, reply = pairs[-1]
+        # The last exchange always stays: <user> u <assistant> reply <end>.
+        reply_room = max(budget - 3 - 1, 1)  # at least one user token
+        truncated_reply = len(reply) > reply_room
+        reply = reply[:reply_room]
+        user = user[-(budget - 3 - len(reply)) :] if budget - 3 - len(reply) > 0 else []
+        chosen = [(user, reply, not truncated_reply)]
+        used = 3 + len(user) + len(reply)
+        for user_ids, reply_ids in reversed(pairs[:-1]):
+            cost = 3 + len(user_ids) + len(reply_ids)
+            if used + cost > budget:
+                break
+            chosen.append((user_ids, reply_ids, True))
+            used += cost
+        input_ids: list[int] = []
+        labels: list[int] = []
+        for user_ids, reply_ids, complete in reversed(chosen):
+            input_ids += [self.user_id, *user_ids, self.assistant_id]
+            labels += [IGNORE_INDEX] * (len(user_ids) + 2)
+            input_ids += reply_ids
+            labels += reply_ids
+            if complete:  # a cut reply gets no end: the model must not learn to stop there
+                input_ids.append(self.end_id)
+                labels.append(self.end_id)
+        return Example(input_ids=input_ids, labels=labels)
+
+    def encode_prompt(self, history: Sequence[Turn], message: str, budget: int) -> list[int]:
+        """Ids that ask for the next reply: past turns (oldest dropped first), then the message."""
+        user = self.encode_text(message)
+        user = user[-max(budget - 2, 1) :]
+        ids = [self.user_id, *user, self.assistant_id]
+        for user_ids, reply_ids in reversed(self._pairs(history)):
+            block = [self.user_id, *user_ids, self.assistant_id, *reply_ids, self.end_id]
+            if len(ids) + len(block) > budget:
+                break
+            ids = block + ids
+        return ids
+
+    def decode_reply(self, ids: Sequence[int]) -> str:
+        """Text of a generated reply, cut at the first stop id so no forged turn survives."""
+        stops = set(self.stop_ids)
+        kept = []
+        for i in ids:
+            if i in stops:
+                break
+            kept.append(i)
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return self.sanitize(text).strip()

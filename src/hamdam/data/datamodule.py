@@ -1,0 +1,181 @@
+"""LightningDataModule: records -> split -> encoded examples -> dynamically padded batches."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hamdam.data.chat_format import IGNORE_INDEX, ChatFormat, Example
+from hamdam.data.records import Dialogue, load_dialogues
+from hamdam.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def split_key(dialogue: Dialogue) -> float:
+    """A stable number in [0, 1) from the first user message.
+
+    Splitting on the message rather than on the record index puts every duplicate of a message
+    on the same side, so the validation split never holds a prompt the model trained on.
+    """
+    digest = hashlib.sha256(dialogue.first_user_text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class EncodedDataset(Dataset):
+    def __init__(self, examples: Sequence[Example]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.examples[index]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(e.input_ids) for e in self.examples]
+
+
+class DialogueCollator:
+    """Pads each batch to its own longest example (optionally to a multiple of N), not to a fixed size."""
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_id = pad_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        width = max(len(e.input_ids) for e in examples)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            width = (width + m - 1) // m * m
+        input_ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, e in enumerate(examples):
+            n = len(e.input_ids)
+            input_ids[row, :n] = torch.tensor(e.input_ids)
+            labels[row, :n] = torch.tensor(e.labels)
+            attention_mask[row, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Shuffled order in which each run of ``batch_size`` indices has similar lengths.
+
+    Indices are shuffled, cut into mega-batches of ``batch_size * mega_batch_mult``, and each
+    mega-batch is sorted by length, so batches pad little while the epoch order stays random.
+    Yields indices (not batches) so that Lightning can shard it across DDP processes.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batch_mult: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega_batch_mult = mega_batch_mult
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        size = self.batch_size * self.mega_batch_mult
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
+            batches = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            rng.shuffle(batches)
+            for batch in batches:
+                yield from batch
+
+
+class DialogueDataModule(L.LightningDataModule):
+    """Loads and validates the data file at construction, so bad data fails before any training."""
+
+    def __init__(
+        self,
+        path: str,
+        val_fraction: float = 0.1,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        length_grouping: bool = True,
+        pad_to_multiple_of: int | None = None,
+        seed: int = 42,
+    ):
+        super().__init__()
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.length_grouping = length_grouping
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.seed = seed
+        dialogues = load_dialogues(self.path)
+        self.train_dialogues = [d for d in dialogues if split_key(d) >= val_fraction]
+        self.val_dialogues = [d for d in dialogues if split_key(d) < val_fraction]
+        if not self.train_dialogues or (val_fraction > 0 and not self.val_dialogues):
+            raise DataError(
+                f"Data file '{self.path}' has {len(dialogues)} record(s), too few to split with "
+                f"data.val_fraction={val_fraction}: one side of the train/validation split is "
+                "empty. Add records, or change data.val_fraction (0 disables validation)."
+            )
+        log.info(
+            "Data %s: %d records -> %d train, %d validation",
+            self.path,
+            len(dialogues),
+            len(self.train_dialogues),
+            len(self.val_dialogues),
+        )
+        self.chat_format: ChatFormat | None = None
+        self.train_set: EncodedDataset | None = None
+        self.val_set: EncodedDataset | None = None
+
+    def train_texts(self) -> Iterator[str]:
+        """Texts of the training split, for training a tokenizer."""
+        for dialogue in self.train_dialogues:
+            yield from dialogue.texts()
+
+    def attach(self, chat_format: ChatFormat) -> None:
+        """Encodes both splits with the model's tokenizer and markers."""
+        self.chat_format = chat_format
+        self.train_set = EncodedDataset([chat_format.encode_dialogue(d) for d in self.train_dialogues])
+        self.val_set = EncodedDataset([chat_format.encode_dialogue(d) for d in self.val_dialogues])
+
+    def _loader(self, dataset: EncodedDataset | None, batch_size: int, train: bool) -> DataLoader:
+        if dataset is None or self.chat_format is None:
+            raise RuntimeError("DialogueDataModule.attach(chat_format) must run before the loaders")
+        collate = DialogueCollator(self.chat_format.pad_id, self.pad_to_multiple_of)
+        sampler = None
+        if train and self.length_grouping:
+            sampler = LengthGroupedSampler(dataset.lengths, batch_size, seed=self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_dialogues:
+            return []
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
+

@@ -1,0 +1,138 @@
+"""Writing a trained model for inference, and loading it back.
+
+An export directory holds, written atomically (staged, then renamed into place):
+
+- LoRA on a pretrained base: ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT format,
+  loadable with ``PeftModel.from_pretrained``);
+- a model trained from scratch: ``config.json`` + ``model.safetensors`` (``save_pretrained``);
+- the tokenizer files, and ``hamdam.json``: the role markers, the context length and, for an
+  adapter, the backbone config that rebuilds its base model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from hamdam.data.chat_format import ChatFormat, RoleMarkers
+from hamdam.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+META_FILE = "hamdam.json"
+LATEST_FILE = "latest.json"
+
+
+@dataclass
+class Exported:
+    model: PreTrainedModel
+    chat_format: ChatFormat
+    meta: dict[str, Any]
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def export_model(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    markers: RoleMarkers,
+    max_length: int,
+    out_dir: Path,
+    backbone: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` for inference. ``backbone`` is the config of a pretrained base, None if from scratch."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        if isinstance(model, PeftModel) and backbone is not None:
+            kind = "lora"
+            model.save_pretrained(staging)
+        else:
+            kind = "full"
+            if isinstance(model, PeftModel):  # LoRA on a from-scratch model: nothing to load it onto
+                model = model.merge_and_unload()
+            model.config.use_cache = True
+            model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        meta = {
+            "format": 1,
+            "kind": kind,
+            "markers": asdict(markers),
+            "max_length": max_length,
+            "backbone": backbone if kind == "lora" else None,
+            **(extra or {}),
+        }
+        (staging / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("Saved %s model to %s", kind, out_dir)
+    return out_dir
+
+
+def load_exported(model_dir: str | Path, quantization: str | None = None) -> Exported:
+    """Load an export for generation; ``quantization`` overrides the base's setting for adapters."""
+    model_dir = Path(model_dir)
+    meta_path = model_dir / META_FILE
+    if not meta_path.is_file():
+        raise ModelLoadError(
+            f"'{model_dir}' is not a hamdam model directory (no {META_FILE}). Train one with "
+            "`hamdam train`, or pass model_dir=... pointing at a run's model/ directory."
+        )
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    markers = RoleMarkers(**meta["markers"])
+    if meta["kind"] == "lora":
+        backbone = dict(meta["backbone"])
+        backbone["gradient_checkpointing"] = False
+        if quantization is not None:
+            backbone["quantization"] = quantization
+        base = instantiate(backbone, tokenizer=tokenizer)
+        model = PeftModel.from_pretrained(base, model_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    model.config.use_cache = True
+    window = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    chat_format = ChatFormat(tokenizer, markers, max_length=window or meta["max_length"])
+    return Exported(model=model, chat_format=chat_format, meta=meta)
+
+
+def write_latest(runs_dir: Path, model_dir: Path, info: dict[str, Any]) -> None:
+    """Point ``hamdam chat`` at ``model_dir``; replaced atomically so a reader never sees half a file."""
+    payload = {"model_dir": str(Path(model_dir).resolve()), **info}
+    write_atomic_text(Path(runs_dir) / LATEST_FILE, json.dumps(payload, ensure_ascii=False, indent=2))
+
+
+def read_latest(runs_dir: Path) -> Path:
+    pointer = Path(runs_dir) / LATEST_FILE
+    if not pointer.is_file():
+        raise ModelLoadError(
+            f"No trained model yet: {pointer} does not exist. Run `hamdam train` (or "
+            "`hamdam train experiment=smoke` for a one-minute model) first, or pass "
+            "model_dir=/path/to/run/model."
+        )
+    return Path(json.loads(pointer.read_text(encoding="utf-8"))["model_dir"])

@@ -1,0 +1,103 @@
+"""Tokenizers: trained from the corpus for from-scratch models, or loaded with a pretrained model.
+
+Both builders take the same arguments so that ``model.tokenizer`` in the config can name either:
+``(texts, markers) -> PreTrainedTokenizerFast`` with the role markers registered as special tokens
+and the pad token set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from hamdam.data.chat_format import RoleMarkers
+from hamdam.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str],
+    markers: RoleMarkers,
+    vocab_size: int = 10_000,
+    min_frequency: int = 2,
+    extra_special_tokens: list[str] | None = None,
+) -> PreTrainedTokenizerBase:
+    """Byte-level BPE: no unknown tokens for Persian, Chinese or anything else users type."""
+    specials = [markers.pad, markers.user, markers.assistant, markers.end, *(extra_special_tokens or [])]
+    specials = list(dict.fromkeys(specials))
+    core = Tokenizer(models.BPE())
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=markers.pad,
+        eos_token=markers.end,
+        additional_special_tokens=[t for t in specials if t not in (markers.pad, markers.end)],
+    )
+    log.info("Trained a byte-level BPE tokenizer: %d tokens (asked for at most %d)", len(tokenizer), vocab_size)
+    return tokenizer
+
+
+def load_pretrained_tokenizer(
+    texts: Iterable[str], markers: RoleMarkers, name_or_path: str
+) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer, with markers reused from its vocabulary (no new embeddings)."""
+    del texts  # a pretrained vocabulary is not retrained
+    check_local_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(unreachable_message(name_or_path, "tokenizer", err)) from None
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in markers.all() if t not in vocab]
+    if missing:
+        raise ModelLoadError(
+            f"The tokenizer of '{name_or_path}' has no token(s) {missing} for the role markers. "
+            "Set model.markers.* to tokens that exist in its vocabulary (gpt2-fa has <s>, <pad>, "
+            "</s>, <|endoftext|>, <|startoftext|>, <sep>)."
+        )
+    known = set(tokenizer.all_special_tokens)
+    new_specials = [t for t in markers.all() if t not in known]
+    if new_specials:
+        # The tokens exist already, so this marks them special without growing the vocabulary.
+        tokenizer.add_special_tokens({"additional_special_tokens": new_specials}, replace_extra_special_tokens=False)
+    tokenizer.pad_token = markers.pad
+    return tokenizer
+
+
+def looks_local(name_or_path: str) -> bool:
+    return name_or_path.startswith(("/", "./", "../", "~")) or Path(name_or_path).exists()
+
+
+def check_local_path(name_or_path: str) -> None:
+    if looks_local(name_or_path) and not Path(name_or_path).expanduser().is_dir():
+        raise ModelLoadError(
+            f"Model directory '{name_or_path}' does not exist. Point model.name_or_path at a "
+            "directory with config.json, the weights and the tokenizer files (as written by "
+            "save_pretrained or downloaded from the Hugging Face hub)."
+        )
+
+
+def unreachable_message(name_or_path: str, what: str, err: Exception) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"Could not load the {what} of '{name_or_path}' ({first}). If the machine is offline or "
+        "the hub cannot be reached, either (1) pass a local copy: model.name_or_path=/path/to/"
+        "gpt2-fa (a directory with config.json, model.safetensors and the tokenizer files), or "
+        f"(2) download it once on a connected machine (`hf download {name_or_path}`) and run "
+        "with HF_HUB_OFFLINE=1 so the local cache is used."
+    )

@@ -1,0 +1,1 @@
+"""Optimizers, callbacks, MLflow bookkeeping and the training entry."""

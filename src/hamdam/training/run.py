@@ -1,0 +1,126 @@
+"""``hamdam train``: compose the objects the config names, fit, export, track."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoTokenizer
+
+from hamdam.data.chat_format import ChatFormat, RoleMarkers
+from hamdam.data.datamodule import DialogueDataModule
+from hamdam.errors import HamdamError
+from hamdam.models.backbones import apply_lora
+from hamdam.models.export import export_model, write_latest
+from hamdam.models.module import DialogueLM
+from hamdam.models.tokenizers import looks_local
+from hamdam.training import tracking
+
+log = logging.getLogger(__name__)
+
+
+def find_checkpoint(cfg: DictConfig) -> Path | None:
+    """``ckpt_path=last``: the newest ``last.ckpt`` of an earlier run of this model; or a given path."""
+    wanted = cfg.get("ckpt_path")
+    if not wanted:
+        return None
+    if wanted != "last":
+        path = Path(wanted)
+        if not path.is_file():
+            raise HamdamError(f"ckpt_path={wanted}: no such checkpoint file. Pass a .ckpt path or ckpt_path=last.")
+        return path
+    runs = Path(cfg.paths.runs_dir)
+    here = Path(cfg.paths.output_dir).resolve()
+    candidates = [
+        p
+        for p in runs.glob("**/checkpoints/last.ckpt")
+        if p.parent.parent.resolve() != here and model_name_of(p.parent.parent) == cfg.model.name
+    ]
+    if not candidates:
+        raise HamdamError(
+            f"ckpt_path=last: no earlier run of model '{cfg.model.name}' with a checkpoint under "
+            f"{runs}. Start a fresh run without ckpt_path, or pass ckpt_path=/path/to/last.ckpt."
+        )
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def model_name_of(run_dir: Path) -> str | None:
+    marker = run_dir / "model_name.txt"
+    return marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+
+
+def backbone_record(cfg: DictConfig) -> dict[str, Any] | None:
+    """The backbone config saved beside an adapter, with local paths made absolute."""
+    if cfg.model.get("lora") is None or "name_or_path" not in cfg.model.backbone:
+        return None
+    record = OmegaConf.to_container(cfg.model.backbone, resolve=True)
+    record.pop("_partial_", None)
+    if looks_local(record["name_or_path"]):
+        record["name_or_path"] = str(Path(record["name_or_path"]).expanduser().resolve())
+    return record
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train once; returns the final metrics (for sweeps)."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: DialogueDataModule = instantiate(cfg.data)  # bad data fails here, before any output
+    markers: RoleMarkers = instantiate(cfg.model.markers)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "model_name.txt").write_text(str(cfg.model.name), encoding="utf-8")
+    (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    if cfg.model.get("bootstrap") is not None:
+        instantiate(cfg.model.bootstrap)(texts=datamodule.train_texts())
+    checkpoint = find_checkpoint(cfg)
+    if checkpoint is not None and (checkpoint.parent.parent / "tokenizer").is_dir():
+        # Resuming: the ids must mean what they meant when the checkpoint was written.
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint.parent.parent / "tokenizer")
+        log.info("Resuming from %s", checkpoint)
+    else:
+        tokenizer = instantiate(cfg.model.tokenizer)(texts=datamodule.train_texts(), markers=markers)
+    tokenizer.save_pretrained(output_dir / "tokenizer")
+    datamodule.attach(ChatFormat(tokenizer, markers, cfg.model.max_length))
+
+    network = instantiate(cfg.model.backbone)(tokenizer=tokenizer)
+    if cfg.model.get("lora") is not None:
+        network = apply_lora(network, instantiate(cfg.model.lora))
+    network.train()  # from_pretrained leaves eval mode (no dropout); Lightning keeps the mode it finds
+    module = DialogueLM(
+        network,
+        optimizer=instantiate(cfg.model.optimizer),
+        scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+    )
+
+    logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger if logger else False, callbacks=callbacks)
+    if logger is not None:
+        tags = {"hamdam.resumed_from": str(checkpoint)} if checkpoint else {}
+        tracking.log_run_start(logger, cfg, datamodule.path, tags)
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        if trainer.is_global_zero:
+            model_dir = export_model(
+                module.model,
+                tokenizer,
+                markers,
+                cfg.model.max_length,
+                output_dir / "model",
+                backbone=backbone_record(cfg),
+                extra={"model_name": cfg.model.name, "mlflow_run_id": logger.run_id if logger else None},
+            )
+            if logger is not None:
+                tracking.log_run_outputs(logger, output_dir / "resolved_config.yaml", model_dir)
+            write_latest(Path(cfg.paths.runs_dir), model_dir, {"model_name": cfg.model.name})
+    except BaseException as error:
+        if logger is not None:
+            tracking.mark_failed(logger, error)
+        raise
+    log.info("Finished: %s", ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    return metrics

@@ -1,0 +1,89 @@
+"""What goes into each MLflow run besides Lightning's metrics: params, tags, artifacts, status.
+
+The run itself is Lightning's ``MLFlowLogger`` (configured by ``conf/logger``), so metrics are
+logged from rank 0 only and a crash inside ``fit`` marks the run FAILED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def flatten_config(cfg: DictConfig) -> dict[str, Any]:
+    """``{"model.lora.r": 16, ...}`` from the resolved config; lists stay whole values."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """The workspace's commit and whether it had uncommitted changes; empty outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "hamdam.git_dirty": str(bool(dirty)).lower()}
+
+
+@rank_zero_only
+def log_run_start(logger: MLFlowLogger, cfg: DictConfig, data_path: Path, tags: dict[str, str]) -> None:
+    logger.log_hyperparams(flatten_config(cfg))
+    all_tags = {
+        "hamdam.data_path": str(data_path),
+        "hamdam.data_sha256": file_sha256(data_path),
+        "hamdam.model": str(cfg.model.name),
+        **git_state(Path(cfg.paths.root_dir)),
+        **tags,
+    }
+    for key, value in all_tags.items():
+        logger.experiment.set_tag(logger.run_id, key, value)
+    log.info("MLflow run %s in %s", logger.run_id, cfg.logger.tracking_uri)
+
+
+@rank_zero_only
+def log_run_outputs(logger: MLFlowLogger, config_file: Path, model_dir: Path) -> None:
+    logger.experiment.log_artifact(logger.run_id, str(config_file))
+    logger.experiment.log_artifacts(logger.run_id, str(model_dir), artifact_path="model")
+    logger.experiment.set_tag(logger.run_id, "hamdam.model_dir", str(model_dir))
+
+
+@rank_zero_only
+def mark_failed(logger: MLFlowLogger, error: BaseException) -> None:
+    logger.experiment.set_tag(logger.run_id, "hamdam.error", f"{type(error).__name__}: {error}"[:5000])
+    logger.experiment.set_terminated(logger.run_id, "FAILED")

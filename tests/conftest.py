@@ -1,0 +1,88 @@
+"""Shared fixtures: composed configs, tiny tokenizers and models built locally (no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from hamdam.data.chat_format import RoleMarkers
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SAMPLE = REPO / "corpus" / "sample_fa.json"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A from-scratch model small enough for a CPU test (the real shape is 4x8x512).
+TINY_SCRATCH = [
+    "model.backbone.n_layer=1",
+    "model.backbone.n_head=2",
+    "model.backbone.n_embd=32",
+    "model.max_length=96",
+    "model.tokenizer.vocab_size=600",
+    "trainer.max_epochs=1",
+    "callbacks.rich_progress_bar=null",
+]
+
+MARKERS = RoleMarkers(user="<|user|>", assistant="<|assistant|>", end="<|end|>", pad="<pad>")
+WORDS = ["سلام", "بابا", "پسرم", "دلم", "تنگ", "شده", "منم", "خوبی", "؟", "hello"]
+
+
+@pytest.fixture
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """Whitespace word-level tokenizer with known ids: <pad>0 <|user|>1 <|assistant|>2 <|end|>3 [UNK]4, then WORDS."""
+    vocab = {"<pad>": 0, "<|user|>": 1, "<|assistant|>": 2, "<|end|>": 3, "[UNK]": 4}
+    vocab.update({w: 5 + i for i, w in enumerate(WORDS)})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="<|end|>",
+        unk_token="[UNK]",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
+    )
+
+
+def ids(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids(w) for w in text.split()]
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose conf/<name>.yaml as the CLI would, with the workspace in tmp_path."""
+
+    def _compose(*overrides: str, name: str = "train") -> DictConfig:
+        base = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}"]
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=[*base, *overrides])
+        with open_dict(cfg):
+            pass
+        return cfg
+
+    return _compose
+
+
+def write_records(path: Path, records: list) -> Path:
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def run_hamdam(args: list[str], cwd: Path, stdin: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the installed ``hamdam`` command as a user would."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    exe = Path(sys.executable).with_name("hamdam")
+    return subprocess.run(
+        [str(exe), *args], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=timeout, env=env
+    )

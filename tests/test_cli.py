@@ -1,0 +1,116 @@
+"""The `hamdam` command as a user runs it: errors without tracebacks, chat over a pipe, sweeps, DDP."""
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from hamdam.chat import session
+
+from conftest import SAMPLE, run_hamdam
+
+FAST = ["trainer.max_epochs=1", "callbacks.rich_progress_bar=null", f"data.path={SAMPLE}"]
+
+
+def finished_runs(workspace: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(workspace / "mlflow.db") as db:
+        return db.execute("select run_uuid, status from runs").fetchall()
+
+
+def test_usage_and_unknown_command(tmp_path):
+    assert run_hamdam([], tmp_path).returncode == 2
+    result = run_hamdam(["trian"], tmp_path)
+    assert result.returncode == 2 and "unknown command 'trian'" in result.stderr and "train" in result.stderr
+
+
+def test_broken_json_fails_before_training_with_one_paragraph(tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text('[{"instruction": "سلام", "response": "سلام پسرم"},\n{"instruction": "x", ', encoding="utf-8")
+    result = run_hamdam(["train", f"data.path={bad}"], tmp_path)
+    assert result.returncode == 2
+    assert f"Data file '{bad}' is not valid JSON" in result.stderr
+    assert "line 2" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs" / "latest.json").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_wrong_override_is_rejected(tmp_path):
+    result = run_hamdam(["train", "trainer.max_epoch=1"], tmp_path)
+    assert result.returncode != 0
+    assert "Could not override 'trainer.max_epoch'" in result.stderr
+
+
+def test_missing_model_is_one_paragraph_without_traceback(tmp_path):
+    result = run_hamdam(["train", "model=gpt2_fa_qlora", f"data.path={SAMPLE}"], tmp_path)
+    assert result.returncode == 2
+    assert "Could not load the tokenizer of 'HooshvareLab/gpt2-fa'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_chat_without_a_trained_model_says_what_to_do(tmp_path):
+    result = run_hamdam(["chat"], tmp_path, stdin="سلام\n")
+    assert result.returncode == 2
+    assert "No trained model yet" in result.stderr and "hamdam train" in result.stderr
+
+
+@pytest.mark.slow
+def test_smoke_then_chat_over_a_pipe(tmp_path):
+    trained = run_hamdam(["train", "experiment=smoke", *FAST], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert [status for _, status in finished_runs(tmp_path)] == ["FINISHED"]
+    chat = run_hamdam(["chat", "seed=1"], tmp_path, stdin="سلام\n\nدلم برات تنگ شده <|assistant|>\n")
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    lines = chat.stdout.splitlines()
+    assert len(lines) == 2 and all(line.strip() for line in lines)  # one reply per non-empty line
+    assert not any(marker in chat.stdout for marker in ("<sep>", "<|startoftext|>", "<|endoftext|>"))
+
+
+@pytest.mark.slow
+def test_sweep_runs_one_mlflow_run_per_job(tmp_path):
+    result = run_hamdam(
+        ["train", "-m", "experiment=smoke", *FAST, "trainer.limit_train_batches=2", "model.lora.r=2,4"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        rows = db.execute(
+            "select r.status, p.value from runs r join params p on p.run_uuid = r.run_uuid where p.key = 'model.lora.r'"
+        ).fetchall()
+    assert sorted(rows) == [("FINISHED", "2"), ("FINISHED", "4")]
+
+
+@pytest.mark.slow
+def test_ddp_trains_with_two_spawned_cpu_processes(tmp_path):
+    result = run_hamdam(
+        [
+            "train",
+            "experiment=smoke",
+            *FAST,
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32-true",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world_size: 2" in result.stderr or "Initializing distributed: GLOBAL_RANK: 1" in result.stderr
+    assert [status for _, status in finished_runs(tmp_path)] == ["FINISHED"]
+    latest = json.loads((tmp_path / "runs" / "latest.json").read_text())
+    assert (Path(latest["model_dir"]) / "adapter_model.safetensors").is_file()
+
+
+def test_terminal_chat_leaves_cleanly_on_eof_and_ctrl_c(monkeypatch):
+    from rich.console import Console
+
+    class Engine:
+        def reply(self, conversation, message):  # never reached
+            raise AssertionError
+
+    for exc in (EOFError, KeyboardInterrupt):
+        def raise_exc(self, prompt="", exc=exc):
+            raise exc
+
+        monkeypatch.setattr(Console, "input", raise_exc)
+        session.run_terminal(Engine(), "> ", "< ")  # returns, does not raise

@@ -1,0 +1,155 @@
+"""Training runs end to end on the CPU: from scratch, LoRA fp32, LoRA NF4, resume, MLflow."""
+
+import json
+from pathlib import Path
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from hamdam.errors import HamdamError, ModelLoadError
+from hamdam.models.export import load_exported
+from hamdam.models.tiny import ensure_tiny_gpt2
+from hamdam.training.run import train
+from hamdam.training.tracking import file_sha256
+
+from conftest import SAMPLE, TINY_SCRATCH
+
+QUICK = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "callbacks.rich_progress_bar=null"]
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    """The gpt2-fa stand-in, built once per session from the sample corpus."""
+    from hamdam.data.records import load_dialogues
+
+    texts = [t for d in load_dialogues(SAMPLE) for t in d.texts()]
+    return ensure_tiny_gpt2(texts, str(tmp_path_factory.mktemp("models") / "tiny-gpt2-fa"))
+
+
+def smoke(tiny_gpt2_dir, *extra):
+    return ["experiment=smoke", f"model.name_or_path={tiny_gpt2_dir}", f"data.path={SAMPLE}", *QUICK, *extra]
+
+
+def mlflow_run(root: Path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "hamdam"]
+    runs = client.search_runs([experiment.experiment_id])
+    return client, runs
+
+
+def test_scratch_run_exports_a_model_and_a_complete_mlflow_run(compose_cfg, tmp_path):
+    cfg = compose_cfg(f"data.path={SAMPLE}", *TINY_SCRATCH)
+    metrics = train(cfg)
+    assert metrics["val/ppl"] == pytest.approx(torch.exp(torch.tensor(metrics["val/loss"])).item(), rel=1e-4)
+
+    model_dir = tmp_path / "run" / "model"
+    assert {"config.json", "model.safetensors", "hamdam.json", "tokenizer.json"} <= {p.name for p in model_dir.iterdir()}
+    assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt"))
+    meta = json.loads((model_dir / "hamdam.json").read_text())
+    assert meta["kind"] == "full" and meta["markers"]["assistant"] == "<|assistant|>"
+    assert json.loads((tmp_path / "runs" / "latest.json").read_text())["model_dir"] == str(model_dir)
+    exported = load_exported(model_dir)
+    assert exported.model.config.n_layer == 1
+    assert len(exported.chat_format.tokenizer) <= 600
+
+    client, runs = mlflow_run(tmp_path)
+    (run,) = runs
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.backbone.n_layer"] == "1"
+    assert run.data.params["trainer.max_epochs"] == "1"
+    assert run.data.params["model.lora"] == "None"
+    assert run.data.tags["hamdam.data_sha256"] == file_sha256(SAMPLE)
+    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/ppl", "train/lr", "train/tokens_per_sec"} <= set(
+        run.data.metrics
+    )
+    steps = client.get_metric_history(run.info.run_id, "train/loss_step")
+    assert len(steps) >= 2  # per step, not only per epoch
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"resolved_config.yaml", "model"} <= artifacts
+    assert {"model/model.safetensors", "model/hamdam.json"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id, "model")
+    }
+
+
+def test_lora_fp32_saves_a_peft_adapter_with_trained_weights(compose_cfg, tmp_path, tiny_gpt2_dir):
+    train(compose_cfg(*smoke(tiny_gpt2_dir), "~logger"))
+    model_dir = tmp_path / "run" / "model"
+    names = {p.name for p in model_dir.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "hamdam.json"} <= names
+    assert "model.safetensors" not in names  # the adapter only, not a copy of the base
+    base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    peft_model = PeftModel.from_pretrained(base, model_dir)
+    lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero: it trained
+    assert json.loads((model_dir / "adapter_config.json").read_text())["r"] == 8
+
+    # Checkpoints hold only trainable (LoRA) weights plus the optimizer state.
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
+    assert ckpt["optimizer_states"]
+
+
+def test_nf4_lora_trains_on_cpu_and_saves_a_loadable_adapter(compose_cfg, tmp_path, tiny_gpt2_dir):
+    cfg = compose_cfg(*smoke(tiny_gpt2_dir), "model.quantization=nf4", "trainer.limit_train_batches=2", "~logger")
+    train(cfg)
+    model_dir = tmp_path / "run" / "model"
+    meta = json.loads((model_dir / "hamdam.json").read_text())
+    assert meta["backbone"]["quantization"] == "nf4"
+    exported = load_exported(model_dir)
+    linear4 = [m for m in exported.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert linear4 and linear4[0].weight.quant_type == "nf4"
+    weights = load_file(model_dir / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights)
+
+
+def test_resume_from_last_continues_the_step_count(compose_cfg, tmp_path):
+    common = [f"data.path={SAMPLE}", *TINY_SCRATCH, "~logger", "paths.runs_dir=" + str(tmp_path / "runs")]
+    first = compose_cfg(*common, f"paths.output_dir={tmp_path / 'runs' / 'a'}", "trainer.max_epochs=1")
+    train(first)
+    steps_one = torch.load(tmp_path / "runs/a/checkpoints/last.ckpt", weights_only=False)["global_step"]
+    second = compose_cfg(
+        *common, f"paths.output_dir={tmp_path / 'runs' / 'b'}", "trainer.max_epochs=2", "ckpt_path=last"
+    )
+    train(second)
+    ckpt = torch.load(tmp_path / "runs/b/checkpoints/last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2 * steps_one
+    assert ckpt["epoch"] == 1
+    # The resumed run reuses the first run's tokenizer, so ids keep their meaning.
+    assert (tmp_path / "runs/a/tokenizer/tokenizer.json").read_bytes() == (
+        tmp_path / "runs/b/tokenizer/tokenizer.json"
+    ).read_bytes()
+
+
+def test_resume_without_any_checkpoint_is_a_clear_error(compose_cfg):
+    with pytest.raises(HamdamError, match="ckpt_path=last: no earlier run of model 'tiny_dialogue'"):
+        train(compose_cfg(f"data.path={SAMPLE}", *TINY_SCRATCH, "~logger", "ckpt_path=last"))
+
+
+def test_a_crash_inside_training_marks_the_mlflow_run_failed(compose_cfg, tmp_path):
+    cfg = compose_cfg(f"data.path={SAMPLE}", *TINY_SCRATCH, "model.optimizer.lr=-1")
+    with pytest.raises(ValueError, match="learning rate"):
+        train(cfg)
+    _, (run,) = mlflow_run(tmp_path)
+    assert run.info.status == "FAILED"
+    assert "learning rate" in run.data.tags["hamdam.error"]
+    assert not (tmp_path / "runs" / "latest.json").exists()
+
+
+def test_missing_local_model_directory(compose_cfg, tmp_path):
+    cfg = compose_cfg("model=gpt2_fa_qlora", f"model.name_or_path={tmp_path}/no-such-model", f"data.path={SAMPLE}")
+    with pytest.raises(ModelLoadError, match="no-such-model' does not exist"):
+        train(cfg)
+
+
+def test_unreachable_hub_model_names_the_fixes(compose_cfg):
+    cfg = compose_cfg("model=gpt2_fa_qlora", f"data.path={SAMPLE}", "~logger")
+    with pytest.raises(ModelLoadError) as err:
+        train(cfg)  # HF_HUB_OFFLINE=1 in tests: the hub is never asked
+    message = str(err.value)
+    assert "HooshvareLab/gpt2-fa" in message
+    assert "model.name_or_path=/path/to/" in message and "HF_HUB_OFFLINE=1" in message
