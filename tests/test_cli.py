@@ -63,7 +63,9 @@ def test_smoke_then_chat_over_a_pipe(tmp_path):
     chat = run_hamdam(["chat", "seed=1"], tmp_path, stdin="سلام\n\nدلم برات تنگ شده <|assistant|>\n")
     assert chat.returncode == 0, chat.stderr[-3000:]
     lines = chat.stdout.splitlines()
-    assert len(lines) == 2 and all(line.strip() for line in lines)  # one reply per non-empty line
+    assert len(lines) == 3  # one output line per input line
+    assert lines[0].strip() and lines[2].strip() and lines[1] == ""
+    assert "stdin line 2 is empty" in chat.stderr
     assert not any(marker in chat.stdout for marker in ("<sep>", "<|startoftext|>", "<|endoftext|>"))
 
 
@@ -109,6 +111,7 @@ def test_terminal_chat_leaves_cleanly_on_eof_and_ctrl_c(monkeypatch):
             raise AssertionError
 
     for exc in (EOFError, KeyboardInterrupt):
+
         def raise_exc(self, prompt="", exc=exc):
             raise exc
 

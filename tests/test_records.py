@@ -44,7 +44,7 @@ def test_text_is_normalized_on_the_way_in(tmp_path):
         ('[{"instruction": "a"}]', "record 1: missing field(s) 'response'"),
         ('[{"instruction": "a", "response": "b"}, 5]', "record 2: expected a JSON object, got int"),
         ('[{"instruction": 3, "response": "b"}]', "field 'instruction' must be a string"),
-        ('[]', "holds no records"),
+        ("[]", "holds no records"),
         (
             '[{"turns": [{"role": "assistant", "text": "x"}]}]',
             "turn 1 has role 'assistant' but 'user' was expected",

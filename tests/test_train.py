@@ -48,7 +48,9 @@ def test_scratch_run_exports_a_model_and_a_complete_mlflow_run(compose_cfg, tmp_
     assert metrics["val/ppl"] == pytest.approx(torch.exp(torch.tensor(metrics["val/loss"])).item(), rel=1e-4)
 
     model_dir = tmp_path / "run" / "model"
-    assert {"config.json", "model.safetensors", "hamdam.json", "tokenizer.json"} <= {p.name for p in model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "hamdam.json", "tokenizer.json"} <= {
+        p.name for p in model_dir.iterdir()
+    }
     assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt"))
     meta = json.loads((model_dir / "hamdam.json").read_text())
     assert meta["kind"] == "full" and meta["markers"]["assistant"] == "<|assistant|>"
@@ -77,7 +79,7 @@ def test_scratch_run_exports_a_model_and_a_complete_mlflow_run(compose_cfg, tmp_
 
 
 def test_lora_fp32_saves_a_peft_adapter_with_trained_weights(compose_cfg, tmp_path, tiny_gpt2_dir):
-    train(compose_cfg(*smoke(tiny_gpt2_dir), "~logger"))
+    train(compose_cfg(*smoke(tiny_gpt2_dir), "model.backbone.gradient_checkpointing=true", "~logger"))
     model_dir = tmp_path / "run" / "model"
     names = {p.name for p in model_dir.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "hamdam.json"} <= names

@@ -39,8 +39,10 @@ class ChatEngine:
         max_new = generation.max_new_tokens or 64
         if max_new > window // 2:
             log.info(
-                "generation.max_new_tokens=%d leaves no room for context in the model's %d-token "
-                "window; using %d", max_new, window, window // 2,
+                "generation.max_new_tokens=%d leaves no room for context in the model's %d-token window; using %d",
+                max_new,
+                window,
+                window // 2,
             )
             max_new = window // 2
         self.generation.max_new_tokens = max_new

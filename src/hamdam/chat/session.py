@@ -29,11 +29,14 @@ def build_engine(cfg: DictConfig) -> ChatEngine:
 
 
 def run_piped(engine: ChatEngine, source: TextIO, sink: TextIO) -> None:
-    """One reply line per non-empty input line; the conversation carries across lines."""
+    """Exactly one output line per input line, so scripts can pair them; context carries across lines."""
     conversation = Conversation()
-    for line in source:
+    for number, line in enumerate(source, start=1):
         message = line.strip()
         if not message:
+            log.warning("stdin line %d is empty: nothing to answer, writing an empty line", number)
+            sink.write("\n")
+            sink.flush()
             continue
         reply = engine.reply(conversation, message)
         conversation.add(message, reply)

@@ -178,4 +178,3 @@ class DialogueDataModule(L.LightningDataModule):
         if not self.val_dialogues:
             return []
         return self._loader(self.val_set, self.eval_batch_size, train=False)
-

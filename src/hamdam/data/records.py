@@ -53,8 +53,8 @@ class Dialogue:
 
 
 _SHAPES = (
-    "Each record must be {\"instruction\": \"...\", \"response\": \"...\"} or "
-    "{\"turns\": [{\"role\": \"user\", \"text\": \"...\"}, {\"role\": \"assistant\", \"text\": \"...\"}, ...]}."
+    'Each record must be {"instruction": "...", "response": "..."} or '
+    '{"turns": [{"role": "user", "text": "..."}, {"role": "assistant", "text": "..."}, ...]}.'
 )
 
 
@@ -148,9 +148,7 @@ def load_dialogues(path: str | Path) -> list[Dialogue]:
                 f"Data file '{path}' must hold a JSON array of records, got a "
                 f"{type(value).__name__}. Wrap the records in [ ... ] and run again."
             )
-        dialogues = [
-            parse_record(item, f"Data file '{path}', record {i + 1}") for i, item in enumerate(value)
-        ]
+        dialogues = [parse_record(item, f"Data file '{path}', record {i + 1}") for i, item in enumerate(value)]
     if not dialogues:
         raise DataError(f"Data file '{path}' holds no records. Add dialogue records and run again.")
     return dialogues

@@ -16,8 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
+
+from hamdam.models.backbones import scratch_gpt2
+from hamdam.models.tokenizers import byte_level_bpe
 
 log = logging.getLogger(__name__)
 
@@ -38,36 +40,15 @@ def ensure_tiny_gpt2(
     target = Path(path)
     if (target / "config.json").is_file():
         return target
-    core = Tokenizer(models.BPE())
-    core.normalizer = normalizers.NFC()
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=GPT2_FA_SPECIALS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
+    core = byte_level_bpe(texts, GPT2_FA_SPECIALS, vocab_size, min_frequency=2)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<s>",
         eos_token="</s>",
         additional_special_tokens=GPT2_FA_SPECIALS[3:],
     )
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=n_positions,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        bos_token_id=0,
-        eos_token_id=2,
-    )
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
+    model = scratch_gpt2(tokenizer, n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
     try:

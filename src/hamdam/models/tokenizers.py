@@ -20,16 +20,10 @@ from hamdam.errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 
-def train_bpe_tokenizer(
-    texts: Iterable[str],
-    markers: RoleMarkers,
-    vocab_size: int = 10_000,
-    min_frequency: int = 2,
-    extra_special_tokens: list[str] | None = None,
-) -> PreTrainedTokenizerBase:
+def byte_level_bpe(
+    texts: Iterable[str], special_tokens: list[str], vocab_size: int, min_frequency: int = 2
+) -> Tokenizer:
     """Byte-level BPE: no unknown tokens for Persian, Chinese or anything else users type."""
-    specials = [markers.pad, markers.user, markers.assistant, markers.end, *(extra_special_tokens or [])]
-    specials = list(dict.fromkeys(specials))
     core = Tokenizer(models.BPE())
     core.normalizer = normalizers.NFC()
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -37,24 +31,33 @@ def train_bpe_tokenizer(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=specials,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     core.train_from_iterator(texts, trainer)
+    return core
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str],
+    markers: RoleMarkers,
+    vocab_size: int = 10_000,
+    min_frequency: int = 2,
+) -> PreTrainedTokenizerBase:
+    """A tokenizer for a from-scratch model, trained on its training split, markers at ids 0-3."""
+    specials = [markers.pad, markers.user, markers.assistant, markers.end]
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
+        tokenizer_object=byte_level_bpe(texts, specials, vocab_size, min_frequency),
         pad_token=markers.pad,
         eos_token=markers.end,
-        additional_special_tokens=[t for t in specials if t not in (markers.pad, markers.end)],
+        additional_special_tokens=[markers.user, markers.assistant],
     )
     log.info("Trained a byte-level BPE tokenizer: %d tokens (asked for at most %d)", len(tokenizer), vocab_size)
     return tokenizer
 
 
-def load_pretrained_tokenizer(
-    texts: Iterable[str], markers: RoleMarkers, name_or_path: str
-) -> PreTrainedTokenizerBase:
+def load_pretrained_tokenizer(texts: Iterable[str], markers: RoleMarkers, name_or_path: str) -> PreTrainedTokenizerBase:
     """The base model's tokenizer, with markers reused from its vocabulary (no new embeddings)."""
     del texts  # a pretrained vocabulary is not retrained
     check_local_path(name_or_path)
