@@ -117,3 +117,21 @@ def test_terminal_chat_leaves_cleanly_on_eof_and_ctrl_c(monkeypatch):
 
         monkeypatch.setattr(Console, "input", raise_exc)
         session.run_terminal(Engine(), "> ", "< ")  # returns, does not raise
+
+
+def test_pipeline_entry_point_composes_the_same_config(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "train.py"), "--cfg", "job", "model=gpt2_fa_qlora", "model.lora.r=4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "name_or_path: HooshvareLab/gpt2-fa" in result.stdout
+    assert "r: 4" in result.stdout

@@ -155,3 +155,20 @@ def test_unreachable_hub_model_names_the_fixes(compose_cfg):
     message = str(err.value)
     assert "HooshvareLab/gpt2-fa" in message
     assert "model.name_or_path=/path/to/" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_git_state_tags_the_commit_and_dirtiness(tmp_path):
+    import subprocess
+
+    from hamdam.training.tracking import git_state
+
+    assert git_state(tmp_path) == {}  # not a repository: no tags rather than an error
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "f").write_text("a")
+    subprocess.run([*git, "add", "f"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert git_state(tmp_path) == {"mlflow.source.git.commit": head, "hamdam.git_dirty": "false"}
+    (tmp_path / "f").write_text("b")
+    assert git_state(tmp_path)["hamdam.git_dirty"] == "true"

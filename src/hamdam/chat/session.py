@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from transformers import GenerationConfig, set_seed
+from transformers.utils import logging as hf_logging
 
 from hamdam.chat.engine import ChatEngine, Conversation
 from hamdam.models.export import load_exported, read_latest
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(cfg: DictConfig) -> ChatEngine:
+    hf_logging.disable_progress_bar()  # keep the chat's terminal (and stderr of scripts) clean
     model_dir = Path(cfg.model_dir) if cfg.get("model_dir") else read_latest(Path(cfg.paths.runs_dir))
     exported = load_exported(model_dir, quantization=cfg.get("quantization"))
     if torch.cuda.is_available() and exported.meta["kind"] == "full":
