@@ -19,10 +19,18 @@ from omegaconf import DictConfig
 
 from hamdam.errors import HamdamError
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("hamdam.training.run:train", "train a model from the composed config (conf/train.yaml)"),
-    "chat": ("hamdam.chat.session:chat", "talk to the latest trained model (conf/chat.yaml)"),
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    # command: (function, config name in conf/, help)
+    "train": ("hamdam.training.run:train", "train", "train a model from the composed config"),
+    "chat": ("hamdam.chat.session:chat", "chat", "talk to the latest trained model"),
+    "evaluate": ("hamdam.evaluation.evaluate:evaluate", "evaluate", "perplexity and generation metrics on the eval set"),
+    "data build": ("hamdam.corpus.build:build", "build", "build data/seed/ from the sources in corpus/"),
+    "data prepare": ("hamdam.data.prepare:prepare", "prepare", "merge, dedupe, filter, cap and split data/"),
+    "data stats": ("hamdam.corpus.build:stats", "stats", "corpus counts (--json for JSON)"),
 }
+
+# Flags some commands accept besides Hydra overrides, and the override each one stands for.
+FLAGS: dict[str, dict[str, str]] = {"data stats": {"--json": "json=true"}}
 
 
 def config_dir() -> Path:
@@ -38,14 +46,15 @@ def _load(target: str) -> Callable[[DictConfig], Any]:
 
 def run(command: str, argv: list[str] | None = None) -> None:
     """Run ``command`` as a Hydra application with ``argv`` as its command line."""
-    target, _ = COMMANDS[command]
+    target, config_name, _ = COMMANDS[command]
     # Imported before Hydra configures logging, so that the handlers libraries install at import
     # time (Lightning's) are replaced by conf/hydra/job_logging rather than doubling each line.
     task = _load(target)
     if argv is not None:
-        sys.argv = [f"hamdam {command}", *argv]
+        flags = FLAGS.get(command, {})
+        sys.argv = [f"hamdam {command}", *(flags.get(a, a) for a in argv)]
 
-    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def _app(cfg: DictConfig) -> Any:
         try:
             return task(cfg)
@@ -73,7 +82,7 @@ def find_user_error(err: BaseException) -> HamdamError | None:
 
 def usage() -> str:
     lines = ["usage: hamdam <command> [overrides...]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<13} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "Overrides are Hydra's: key=value, group=option, -m for sweeps; `hamdam <command> --help`."]
     return "\n".join(lines)
 
@@ -83,7 +92,10 @@ def main() -> None:
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         sys.exit(0 if args else 2)
-    if args[0] not in COMMANDS:
-        sys.stderr.write(f"hamdam: unknown command {args[0]!r}.\n\n{usage()}\n")
-        sys.exit(2)
-    run(args[0], args[1:])
+    for words in (2, 1):
+        command = " ".join(args[:words])
+        if command in COMMANDS:
+            run(command, args[words:])
+            return
+    sys.stderr.write(f"hamdam: unknown command {' '.join(args[:2])!r}.\n\n{usage()}\n")
+    sys.exit(2)

@@ -105,8 +105,8 @@ def parse_record(record: Any, where: str) -> Dialogue:
     )
 
 
-def load_dialogues(path: str | Path) -> list[Dialogue]:
-    """Read a ``.json`` array or ``.jsonl`` file of records; every record is validated."""
+def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``(where, decoded JSON value)`` for each record of a ``.json`` array or ``.jsonl`` file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(
@@ -121,34 +121,38 @@ def load_dialogues(path: str | Path) -> list[Dialogue]:
             f"Data file '{path}' is not valid UTF-8 (byte {err.start}). Save it as UTF-8 and run again."
         ) from None
     if path.suffix == ".jsonl":
-        dialogues = []
         for lineno, line in enumerate(content.splitlines(), start=1):
             if not line.strip():
                 continue
             where = f"Data file '{path}', line {lineno}"
             try:
-                value = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(
                     f"{where}: not valid JSON ({err.msg} at column {err.colno}). Each line of a "
                     ".jsonl file must hold one complete JSON object; fix that line and run again."
                 ) from None
-            dialogues.append(parse_record(value, where))
-    else:
-        try:
-            value = json.loads(content)
-        except json.JSONDecodeError as err:
-            raise DataError(
-                f"Data file '{path}' is not valid JSON: {err.msg} at line {err.lineno}, column "
-                f"{err.colno}. The file must be one JSON array of records (or use .jsonl with one "
-                "record per line); fix it and run again."
-            ) from None
-        if not isinstance(value, list):
-            raise DataError(
-                f"Data file '{path}' must hold a JSON array of records, got a "
-                f"{type(value).__name__}. Wrap the records in [ ... ] and run again."
-            )
-        dialogues = [parse_record(item, f"Data file '{path}', record {i + 1}") for i, item in enumerate(value)]
+        return
+    try:
+        value = json.loads(content)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"Data file '{path}' is not valid JSON: {err.msg} at line {err.lineno}, column "
+            f"{err.colno}. The file must be one JSON array of records (or use .jsonl with one "
+            "record per line); fix it and run again."
+        ) from None
+    if not isinstance(value, list):
+        raise DataError(
+            f"Data file '{path}' must hold a JSON array of records, got a "
+            f"{type(value).__name__}. Wrap the records in [ ... ] and run again."
+        )
+    for i, item in enumerate(value):
+        yield f"Data file '{path}', record {i + 1}", item
+
+
+def load_dialogues(path: str | Path) -> list[Dialogue]:
+    """Read a ``.json`` array or ``.jsonl`` file of records; every record is validated."""
+    dialogues = [parse_record(value, where) for where, value in iter_records(path)]
     if not dialogues:
         raise DataError(f"Data file '{path}' holds no records. Add dialogue records and run again.")
     return dialogues

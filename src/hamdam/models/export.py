@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from hamdam.data.chat_format import ChatFormat, RoleMarkers
 from hamdam.errors import ModelLoadError
+from hamdam.io import write_atomic_text
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,6 @@ class Exported:
     model: PreTrainedModel
     chat_format: ChatFormat
     meta: dict[str, Any]
-
-
-def write_atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def export_model(
