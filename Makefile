@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    creates .venv, installs hamdam, trains the default model (CPU, offline)
+#   make run    creates .venv, installs hamdam, builds data/ from corpus/ and runs the DVC
+#               pipeline prepare -> train -> evaluate (CPU, offline)
 #   make test   creates .venv if needed and runs the whole test suite
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -17,7 +18,8 @@ $(STAMP): pyproject.toml scripts/install-torch.sh
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/hamdam train
+	$(VENV)/bin/hamdam data build
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -135,3 +135,18 @@ def test_pipeline_entry_point_composes_the_same_config(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "name_or_path: HooshvareLab/gpt2-fa" in result.stdout
     assert "r: 4" in result.stdout
+
+
+def test_data_build_then_stats_json(tmp_path):
+    from conftest import REPO
+
+    corpus = f"corpus.corpus_dir={REPO}/corpus"
+    built = run_hamdam(["data", "build", corpus], tmp_path)
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "data" / "seed" / "grief_fa.jsonl").is_file()
+    result = run_hamdam(["data", "stats", "--json", corpus], tmp_path)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert stats["unique_pairs"] >= 3000 and stats["unique_instructions"] >= 1000
+    assert stats["eval_pairs"] >= 300 and stats["eval_overlap"] == 0
+    assert stats["per_source"]["seed/grief_fa.jsonl"] > 3000 and stats["per_source"]["seed/sample_fa.jsonl"] == 112

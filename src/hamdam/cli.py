@@ -23,7 +23,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     # command: (function, config name in conf/, help)
     "train": ("hamdam.training.run:train", "train", "train a model from the composed config"),
     "chat": ("hamdam.chat.session:chat", "chat", "talk to the latest trained model"),
-    "evaluate": ("hamdam.evaluation.evaluate:evaluate", "evaluate", "perplexity and generation metrics on the eval set"),
+    "evaluate": (
+        "hamdam.evaluation.evaluate:evaluate",
+        "evaluate",
+        "perplexity and generation metrics on the eval set",
+    ),
     "data build": ("hamdam.corpus.build:build", "build", "build data/seed/ from the sources in corpus/"),
     "data prepare": ("hamdam.data.prepare:prepare", "prepare", "merge, dedupe, filter, cap and split data/"),
     "data stats": ("hamdam.corpus.build:stats", "stats", "corpus counts (--json for JSON)"),

@@ -29,16 +29,28 @@ def render(records: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
 
 
-def dvc_status(root: Path, target: str) -> dict[str, Any] | None:
-    """``dvc status`` of one target; None where the workspace is not a DVC repository."""
+def match_data_dvc(root: Path, target: str = "data.dvc") -> str:
+    """Compare data/ with the version ``target`` names; cache it when it is that version.
+
+    On a fresh clone the DVC cache is empty, so DVC reports the rebuilt data/ as "not in cache"
+    even when its hash is the one data.dvc names; committing it to the cache then changes nothing
+    in data.dvc. Returns "match", "differs" or "no-dvc".
+    """
     try:
         from dvc.repo import Repo
 
         with Repo(str(root)) as repo:
-            return repo.status(targets=[target])
-    except Exception as err:  # not a DVC repo, or no git: nothing to compare with
-        log.debug("dvc status unavailable: %s", err)
-        return None
+            status = repo.status(targets=[target])
+            if not status:
+                return "match"
+            changes = [c for entry in status.get(target, []) for c in entry.get("changed outs", {}).values()]
+            if changes and all(c == "not in cache" for c in changes):
+                repo.commit(target, force=True)
+                return "match"
+            return "differs"
+    except Exception as err:  # not a DVC repository (or no git): nothing to compare with
+        log.debug("dvc unavailable: %s", err)
+        return "no-dvc"
 
 
 def build(cfg: DictConfig) -> None:
@@ -47,17 +59,18 @@ def build(cfg: DictConfig) -> None:
         records = list(instantiate(source).records())
         write_atomic_text(seed_dir / f"{name}.jsonl", render(records))
         log.info("data/seed/%s.jsonl: %d records", name, len(records))
-    dvc_file = Path(cfg.paths.root_dir) / "data.dvc"
-    if dvc_file.is_file():
-        status = dvc_status(Path(cfg.paths.root_dir), str(dvc_file))
-        if status == {}:
-            log.info("data/ is exactly the version data.dvc names")
-        elif status is not None:
-            log.warning(
-                "data/ differs from the version data.dvc names. If you changed corpus/, record the "
-                "new version with `dvc add data` and commit data.dvc; if data.dvc names chat or "
-                "generated rounds, restore them with `dvc pull`."
-            )
+    root = Path(cfg.paths.root_dir)
+    if not (root / "data.dvc").is_file():
+        return
+    result = match_data_dvc(root)
+    if result == "match":
+        log.info("data/ is exactly the version data.dvc names")
+    elif result == "differs":
+        log.warning(
+            "data/ differs from the version data.dvc names. If you changed corpus/, record the "
+            "new version with `dvc add data` and commit data.dvc; if data.dvc names chat or "
+            "generated rounds, restore them with `dvc pull`."
+        )
 
 
 def stats(cfg: DictConfig) -> dict[str, Any]:

@@ -107,6 +107,7 @@ class DialogueDataModule(L.LightningDataModule):
     def __init__(
         self,
         path: str,
+        val_path: str | None = None,
         val_fraction: float = 0.1,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
@@ -124,8 +125,11 @@ class DialogueDataModule(L.LightningDataModule):
         self.pad_to_multiple_of = pad_to_multiple_of
         self.seed = seed
         dialogues = load_dialogues(self.path)
-        self.train_dialogues = [d for d in dialogues if split_key(d) >= val_fraction]
-        self.val_dialogues = [d for d in dialogues if split_key(d) < val_fraction]
+        if val_path:  # already split (by `hamdam data prepare`)
+            self.train_dialogues, self.val_dialogues = dialogues, load_dialogues(val_path)
+        else:
+            self.train_dialogues = [d for d in dialogues if split_key(d) >= val_fraction]
+            self.val_dialogues = [d for d in dialogues if split_key(d) < val_fraction]
         if not self.train_dialogues or (val_fraction > 0 and not self.val_dialogues):
             raise DataError(
                 f"Data file '{self.path}' has {len(dialogues)} record(s), too few to split with "

@@ -1,7 +1,8 @@
 """Exact and near-duplicate detection for dialogue text.
 
-- Exact: two texts are the same after ``canonical`` (normalized, punctuation, digits, ZWNJ and
-  whitespace removed, lower-cased). "بابا، سلام!" and "بابا سلام" are exact duplicates.
+- Exact: two texts are the same after ``canonical`` (normalized, punctuation, ZWNJ and whitespace
+  removed, Persian digits as Latin ones, lower-cased). "بابا، سلام!" and "بابا سلام" are exact
+  duplicates; so are "۳ سال" and "3 سال".
 - Near: MinHash estimates of the Jaccard similarity of character n-gram sets, with LSH to find
   candidate pairs in sub-quadratic time (datasketch), and every candidate confirmed with the
   exact Jaccard so that the result does not depend on hash luck.
@@ -16,12 +17,13 @@ from datasketch import MinHash, MinHashLSH
 
 from hamdam.data.normalize import normalize_text
 
-_NON_LETTERS = re.compile(r"[\W\d_]+", re.UNICODE)
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+_DIGITS = str.maketrans({chr(0x06F0 + d): str(d) for d in range(10)})
 
 
 def canonical(text: str) -> str:
     """The key under which spelling, punctuation and spacing variants are equal."""
-    return _NON_LETTERS.sub("", normalize_text(text).replace("\u200c", "")).lower()
+    return _NON_WORD.sub("", normalize_text(text).replace("\u200c", "")).translate(_DIGITS).lower()
 
 
 def shingles(text: str, n: int = 4) -> set[str]:

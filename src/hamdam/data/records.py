@@ -110,8 +110,9 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(
-            f"Data file '{path}' does not exist. Point data.path at a .json or .jsonl file of "
-            "dialogue records (for example data.path=corpus/sample_fa.json)."
+            f"Data file '{path}' does not exist. Check the path given in the config or on the "
+            "command line (for training data: data.path=/path/to/records.jsonl); a .json array "
+            "or .jsonl file of dialogue records is expected."
         )
     raw = path.read_bytes()
     try:

@@ -111,7 +111,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 tokenizer,
                 markers,
                 cfg.model.max_length,
-                output_dir / "model",
+                Path(cfg.export_dir),
                 backbone=backbone_record(cfg),
                 extra={"model_name": cfg.model.name, "mlflow_run_id": logger.run_id if logger else None},
             )

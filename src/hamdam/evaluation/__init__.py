@@ -1,0 +1,1 @@
+"""Evaluating a trained model on the held-out evaluation set."""

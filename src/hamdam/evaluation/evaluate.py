@@ -1,0 +1,142 @@
+"""``hamdam evaluate`` (the DVC stage ``evaluate``): perplexity and generation metrics on the eval set.
+
+Writes ``metrics.json`` (for ``dvc metrics``), ``samples.jsonl`` (prompts and replies, for a person
+to read), and the training run's loss curves as CSV (for ``dvc plots``), and logs the same numbers
+as ``eval/*`` metrics in the MLflow run that trained the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from transformers import GenerationConfig, set_seed
+
+from hamdam.data.chat_format import ChatFormat
+from hamdam.data.datamodule import DialogueCollator
+from hamdam.data.records import Dialogue, load_dialogues
+from hamdam.evaluation.metrics import generation_metrics
+from hamdam.io import write_atomic_text
+from hamdam.models.export import load_exported
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def perplexity(
+    model: torch.nn.Module, chat_format: ChatFormat, dialogues: list[Dialogue], batch_size: int
+) -> dict[str, float]:
+    """Per-token negative log-likelihood of the replies (the training targets) and its exp."""
+    collate = DialogueCollator(chat_format.pad_id)
+    examples = [chat_format.encode_dialogue(d) for d in dialogues]
+    total, tokens = 0.0, 0
+    device = next(model.parameters()).device
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        targets = batch["labels"][:, 1:]
+        total += torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
+        ).item()
+        tokens += int((targets != -100).sum())
+    loss = total / max(tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "target_tokens": tokens}
+
+
+@torch.inference_mode()
+def generate_replies(
+    model: torch.nn.Module,
+    chat_format: ChatFormat,
+    prompts: list[str],
+    generation: GenerationConfig,
+    batch_size: int,
+) -> tuple[list[str], list[bool]]:
+    """Replies to single-turn prompts, batched with left padding; and whether each ended by itself."""
+    budget = chat_format.max_length - generation.max_new_tokens
+    stops = set(chat_format.stop_ids)
+    generation.eos_token_id = chat_format.stop_ids
+    generation.pad_token_id = chat_format.pad_id
+    device = next(model.parameters()).device
+    replies, clean = [], []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [chat_format.encode_prompt([], p, budget) for p in prompts[start : start + batch_size]]
+        width = max(len(e) for e in encoded)
+        input_ids = torch.full((len(encoded), width), chat_format.pad_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for row, ids in enumerate(encoded):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        output = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=generation
+        )
+        for row in output[:, width:].tolist():
+            replies.append(chat_format.decode_reply(row))
+            clean.append(any(i in stops for i in row))
+    return replies, clean
+
+
+def loss_curves(tracking_uri: str, run_id: str | None) -> dict[str, str]:
+    """CSV text of the training run's loss histories, keyed by file name."""
+    if not run_id:
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    curves = {}
+    for metric, name in (("train/loss_step", "train_loss.csv"), ("val/loss", "val_loss.csv")):
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["step", "loss"])
+        for m in sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step):
+            writer.writerow([m.step, f"{m.value:.6f}"])
+        curves[name] = out.getvalue()
+    return curves
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    set_seed(cfg.seed)
+    exported = load_exported(cfg.model_dir)
+    model, chat_format = exported.model, exported.chat_format
+    dialogues = load_dialogues(cfg.eval_path)
+
+    metrics: dict[str, Any] = {}
+    ppl = perplexity(model, chat_format, dialogues, cfg.batch_size)
+    metrics.update({"eval_loss": ppl["loss"], "eval_perplexity": ppl["perplexity"]})
+
+    generation: GenerationConfig = instantiate(cfg.generation)
+    generation.max_new_tokens = min(cfg.max_new_tokens, chat_format.max_length // 2)
+    subset = dialogues[: cfg.num_generate] if cfg.num_generate else dialogues
+    prompts = [d.first_user_text for d in subset]
+    replies, clean = generate_replies(model, chat_format, prompts, generation, cfg.batch_size)
+    metrics.update(generation_metrics(replies, clean, cfg.script))
+    metrics["eval_pairs"] = len(dialogues)
+    metrics["generated"] = len(replies)
+
+    out = Path(cfg.out_dir)
+    write_atomic_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    samples = "".join(
+        json.dumps({"prompt": p, "reply": r, "ended_cleanly": c}, ensure_ascii=False) + "\n"
+        for p, r, c in zip(prompts, replies, clean, strict=True)
+    )
+    write_atomic_text(out / "samples.jsonl", samples)
+    run_id = exported.meta.get("mlflow_run_id")
+    for name, text in loss_curves(cfg.tracking_uri, run_id).items():
+        write_atomic_text(out / "plots" / name, text)
+    if run_id:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=cfg.tracking_uri)
+        for key, value in metrics.items():
+            client.log_metric(run_id, f"eval/{key}", float(value))
+        client.log_artifact(run_id, str(out / "metrics.json"), artifact_path="eval")
+        client.log_artifact(run_id, str(out / "samples.jsonl"), artifact_path="eval")
+    log.info("evaluate: %s", json.dumps(metrics))
+    return metrics

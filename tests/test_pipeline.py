@@ -1,0 +1,121 @@
+"""The DVC pipeline on a fresh clone: rebuild data/ to data.dvc's version, repro, metrics, params diff."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+BIN = Path(sys.executable).parent
+TINY = {
+    "model": {
+        "backbone": {"n_layer": 1, "n_head": 2, "n_embd": 32},
+        "tokenizer": {"vocab_size": 600},
+    },
+    "trainer": {"limit_train_batches": 4, "limit_val_batches": 2},
+    "callbacks": {"rich_progress_bar": None},
+}
+
+
+def sh(args, cwd, env, check=True):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, f"{args}: {result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """A fresh clone of the committed tree plus the working changes, without any DVC cache."""
+    root = tmp_path_factory.mktemp("clone")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True)
+    for name in files.stdout.splitlines():
+        src = REPO / name
+        if src.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / name)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HAMDAM_CONF_DIR": str(root / "conf")}
+    env["HF_HUB_OFFLINE"] = "1"
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    sh([*git, "init", "-q"], root, env)
+    # The pipeline test trains a tiny model: same stages, smaller shapes.
+    experiment = root / "conf" / "experiment" / "pipeline.yaml"
+    cfg = yaml.safe_load(experiment.read_text(encoding="utf-8"))
+    cfg.update(TINY)
+    experiment.write_text("# @package _global_\n" + yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    evaluate = root / "conf" / "evaluate.yaml"
+    evaluate.write_text(
+        evaluate.read_text(encoding="utf-8")
+        .replace("num_generate: 100", "num_generate: 6")
+        .replace("max_new_tokens: 64", "max_new_tokens: 12"),
+        encoding="utf-8",
+    )
+    sh([*git, "add", "-A"], root, env)
+    sh([*git, "commit", "-qm", "clone"], root, env)
+    return root, env, git
+
+
+@pytest.mark.slow
+def test_fresh_clone_rebuilds_data_to_the_version_data_dvc_names(clone):
+    root, env, _ = clone
+    assert not (root / "data").exists()
+    sh(["hamdam", "data", "build"], root, env)
+    status = sh(["dvc", "status", "data.dvc", "--json"], root, env)
+    assert json.loads(status.stdout) == {}
+
+
+@pytest.mark.slow
+def test_repro_runs_end_to_end_then_does_nothing(clone):
+    root, env, git = clone
+    if not (root / "data").exists():
+        sh(["hamdam", "data", "build"], root, env)
+    sh(["dvc", "repro"], root, env)
+    metrics = json.loads((root / "pipeline" / "metrics.json").read_text())
+    assert metrics["eval_pairs"] >= 300 and metrics["generated"] == 6
+    assert metrics["eval_perplexity"] > 1
+    assert 0 <= metrics["distinct_1"] <= 1 and 0 <= metrics["clean_end_share"] <= 1
+    assert (root / "pipeline" / "plots" / "train_loss.csv").read_text().startswith("step,loss\n")
+    report = json.loads((root / "pipeline" / "prepared" / "report.json").read_text())
+    assert report["kept"] >= 3000
+
+    assert json.loads(sh(["dvc", "status", "--json"], root, env).stdout) == {}
+    again = sh(["dvc", "repro"], root, env)
+    assert "Running stage" not in again.stdout
+    shown = sh(["dvc", "metrics", "show"], root, env).stdout
+    assert "eval_perplexity" in shown
+
+    # The MLflow run of the training stage carries the evaluation numbers too.
+    from mlflow.tracking import MlflowClient
+
+    meta = json.loads((root / "pipeline" / "model" / "hamdam.json").read_text())
+    run = MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(meta["mlflow_run_id"])
+    assert run.data.metrics["eval/eval_perplexity"] == pytest.approx(metrics["eval_perplexity"])
+
+    # A changed parameter in the Hydra config shows in `dvc params diff`.
+    sh([*git, "add", "-A"], root, env)
+    sh([*git, "commit", "-qm", "lock"], root, env)
+    prepare_cfg = root / "conf" / "prepare.yaml"
+    prepare_cfg.write_text(prepare_cfg.read_text().replace("val_fraction: 0.05", "val_fraction: 0.1"))
+    diff = sh(["dvc", "params", "diff"], root, env).stdout
+    assert "val_fraction" in diff and "0.05" in diff and "0.1" in diff
+
+
+@pytest.mark.slow
+def test_local_remote_push_and_pull_restore_data_byte_identical(clone):
+    root, env, _ = clone
+    if not (root / "data").exists():
+        sh(["hamdam", "data", "build"], root, env)
+    before = {p.relative_to(root): p.read_bytes() for p in sorted((root / "data").rglob("*")) if p.is_file()}
+    sh(["dvc", "push", "data.dvc"], root, env)
+    shutil.rmtree(root / "data")
+    shutil.rmtree(root / ".dvc" / "cache")
+    sh(["dvc", "pull", "data.dvc"], root, env)
+    after = {p.relative_to(root): p.read_bytes() for p in sorted((root / "data").rglob("*")) if p.is_file()}
+    assert after == before
+    assert json.loads(sh(["dvc", "status", "data.dvc", "--json"], root, env).stdout) == {}
