@@ -67,6 +67,13 @@ def test_smoke_then_chat_over_a_pipe(tmp_path):
     assert lines[0].strip() and lines[2].strip() and lines[1] == ""
     assert "stdin line 2 is empty" in chat.stderr
     assert not any(marker in chat.stdout for marker in ("<sep>", "<|startoftext|>", "<|endoftext|>"))
+    assert "هوش مصنوعی" in chat.stderr  # the session's opening disclosure (stderr keeps stdout one-to-one)
+
+    crisis = run_hamdam(["chat", "seed=1"], tmp_path, stdin="سلام بابا\nبابا می‌خوام بیام پیشت\n")
+    assert crisis.returncode == 0, crisis.stderr[-3000:]
+    first, second = crisis.stdout.splitlines()
+    assert "۱۲۳" not in first
+    assert "هوش مصنوعی" in second and "۱۲۳" in second and "۱۴۸۰" in second
 
 
 @pytest.mark.slow
@@ -107,7 +114,7 @@ def test_terminal_chat_leaves_cleanly_on_eof_and_ctrl_c(monkeypatch):
     from rich.console import Console
 
     class Engine:
-        def reply(self, conversation, message):  # never reached
+        def respond(self, conversation, message):  # never reached
             raise AssertionError
 
     for exc in (EOFError, KeyboardInterrupt):

@@ -66,6 +66,10 @@ def test_scratch_run_exports_a_model_and_a_complete_mlflow_run(compose_cfg, tmp_
     assert run.data.params["trainer.max_epochs"] == "1"
     assert run.data.params["model.lora"] == "None"
     assert run.data.tags["hamdam.data_sha256"] == file_sha256(SAMPLE)
+    assert run.data.tags["hamdam.safety_enabled"] == "true"
+    # Params are the config, never the dialogue text.
+    first = json.loads(SAMPLE.read_text(encoding="utf-8"))[0]
+    assert not any(first["instruction"] in v or first["response"][:20] in v for v in run.data.params.values())
     assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/ppl", "train/lr", "train/tokens_per_sec"} <= set(
         run.data.metrics
     )
@@ -172,3 +176,10 @@ def test_git_state_tags_the_commit_and_dirtiness(tmp_path):
     assert git_state(tmp_path) == {"mlflow.source.git.commit": head, "hamdam.git_dirty": "false"}
     (tmp_path / "f").write_text("b")
     assert git_state(tmp_path)["hamdam.git_dirty"] == "true"
+
+
+def test_disabling_safety_is_recorded_in_the_mlflow_run(compose_cfg, tmp_path):
+    train(compose_cfg(f"data.path={SAMPLE}", *TINY_SCRATCH, *QUICK, "safety.enabled=false"))
+    _, (run,) = mlflow_run(tmp_path)
+    assert run.data.tags["hamdam.safety_enabled"] == "false"
+    assert run.data.params["safety.enabled"] == "False"

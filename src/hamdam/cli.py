@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data build": ("hamdam.corpus.build:build", "build", "build data/seed/ from the sources in corpus/"),
     "data prepare": ("hamdam.data.prepare:prepare", "prepare", "merge, dedupe, filter, cap and split data/"),
     "data stats": ("hamdam.corpus.build:stats", "stats", "corpus counts (--json for JSON)"),
+    "safety classify": ("hamdam.safety.classify:classify", "classify", "crisis check, one JSON line per stdin line"),
 }
 
 # Flags some commands accept besides Hydra overrides, and the override each one stands for.

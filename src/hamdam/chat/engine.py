@@ -12,18 +12,43 @@ from transformers import GenerationConfig
 from hamdam.data.chat_format import ChatFormat
 from hamdam.data.normalize import normalize_text
 from hamdam.data.records import Turn
+from hamdam.safety.guard import SafetyGuard
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Reply:
+    """What the user sees, and why: ``model`` (generated), ``crisis`` (resources, out of the
+    persona), ``identity`` (the honest answer), ``replaced`` (an unsafe generation withheld)."""
+
+    text: str
+    kind: str
+    lang: str = "fa"
+
+
+@dataclass
+class Exchange:
+    message: str
+    reply: Reply
+
+
 @dataclass
 class Conversation:
-    """The turns so far; the engine trims what does not fit, the conversation keeps everything."""
+    """Every exchange, marked by kind. Crisis exchanges stay out of the model's context."""
 
-    turns: list[Turn] = field(default_factory=list)
+    exchanges: list[Exchange] = field(default_factory=list)
 
-    def add(self, message: str, reply: str) -> None:
-        self.turns += [Turn("user", message), Turn("assistant", reply)]
+    def add(self, message: str, reply: Reply) -> None:
+        self.exchanges.append(Exchange(message, reply))
+
+    @property
+    def turns(self) -> list[Turn]:
+        turns: list[Turn] = []
+        for exchange in self.exchanges:
+            if exchange.reply.kind != "crisis":
+                turns += [Turn("user", exchange.message), Turn("assistant", exchange.reply.text)]
+        return turns
 
 
 class ChatEngine:
@@ -31,8 +56,15 @@ class ChatEngine:
 
     MAX_ATTEMPTS = 3
 
-    def __init__(self, model: torch.nn.Module, chat_format: ChatFormat, generation: GenerationConfig):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        chat_format: ChatFormat,
+        generation: GenerationConfig,
+        guard: SafetyGuard | None = None,
+    ):
         self.model = model
+        self.guard = guard if guard is not None and guard.enabled else None
         self.chat_format = chat_format
         window = chat_format.max_length
         self.generation = copy.deepcopy(generation)
@@ -54,10 +86,27 @@ class ChatEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.inference_mode()
-    def reply(self, conversation: Conversation, message: str) -> str:
-        """The model's answer to ``message``; never empty, never carrying a next turn."""
+    def respond(self, conversation: Conversation, message: str) -> Reply:
+        """Safety first (crisis, honesty), then the model, then the output guard."""
         message = normalize_text(message)
+        if self.guard is None:
+            return Reply(self.generate(conversation, message), "model")
+        verdict = self.guard.classify(message)
+        if verdict.crisis:
+            log.warning("crisis message detected (%s): answering with resources, outside the persona", verdict.lang)
+            return Reply(self.guard.crisis_reply(verdict.lang), "crisis", verdict.lang)
+        if self.guard.rules.is_identity_question(message):
+            return Reply(self.guard.honest_identity(verdict.lang), "identity", verdict.lang)
+        text = self.generate(conversation, message)
+        harm = self.guard.rules.unsafe_reply(text)
+        if harm:
+            log.warning("generated reply withheld by the output guard (%s)", harm)
+            return Reply(self.guard.safe_replacement(verdict.lang), "replaced", verdict.lang)
+        return Reply(text, "model", verdict.lang)
+
+    @torch.inference_mode()
+    def generate(self, conversation: Conversation, message: str) -> str:
+        """The model's answer to ``message``; never empty, never carrying a next turn."""
         ids = self.chat_format.encode_prompt(conversation.turns, message, self.prompt_budget)
         input_ids = torch.tensor([ids], device=self.device)
         for _ in range(self.MAX_ATTEMPTS):

@@ -15,6 +15,7 @@ from transformers.utils import logging as hf_logging
 
 from hamdam.chat.engine import ChatEngine, Conversation
 from hamdam.models.export import load_exported, read_latest
+from hamdam.safety.guard import SafetyGuard
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ def build_engine(cfg: DictConfig) -> ChatEngine:
     if torch.cuda.is_available() and exported.meta["kind"] == "full":
         exported.model.to("cuda")
     generation: GenerationConfig = instantiate(cfg.generation)
+    guard: SafetyGuard = instantiate(cfg.safety)
     log.info("Chatting with %s", model_dir)
-    return ChatEngine(exported.model, exported.chat_format, generation)
+    return ChatEngine(exported.model, exported.chat_format, generation, guard)
 
 
 def run_piped(engine: ChatEngine, source: TextIO, sink: TextIO) -> None:
@@ -40,16 +42,18 @@ def run_piped(engine: ChatEngine, source: TextIO, sink: TextIO) -> None:
             sink.write("\n")
             sink.flush()
             continue
-        reply = engine.reply(conversation, message)
+        reply = engine.respond(conversation, message)
         conversation.add(message, reply)
-        sink.write(" ".join(reply.split()) + "\n")
+        sink.write(" ".join(reply.text.split()) + "\n")
         sink.flush()
 
 
-def run_terminal(engine: ChatEngine, prompt: str, reply_prefix: str) -> None:
+def run_terminal(engine: ChatEngine, prompt: str, reply_prefix: str, note: str | None = None) -> None:
     from rich.console import Console
 
     console = Console()
+    if note:
+        console.print(f"[italic]{note}[/italic]")
     console.print("[dim]Ctrl-D or Ctrl-C to leave.[/dim]")
     conversation = Conversation()
     while True:
@@ -62,22 +66,26 @@ def run_terminal(engine: ChatEngine, prompt: str, reply_prefix: str) -> None:
             continue
         try:
             with console.status("…"):
-                reply = engine.reply(conversation, message)
+                reply = engine.respond(conversation, message)
         except KeyboardInterrupt:
             console.print()
             continue
         conversation.add(message, reply)
-        console.print(f"[bold]{reply_prefix}[/bold]{reply}")
+        style = "bold red" if reply.kind == "crisis" else "bold"
+        console.print(f"[{style}]{reply_prefix}[/{style}]{reply.text}", markup=True)
 
 
 def chat(cfg: DictConfig) -> None:
     if cfg.get("seed") is not None:
         set_seed(int(cfg.seed))
     engine = build_engine(cfg)
+    note = engine.guard.opening_note() if engine.guard else None
     try:
         if sys.stdin.isatty():
-            run_terminal(engine, cfg.prompt, cfg.reply_prefix)
+            run_terminal(engine, cfg.prompt, cfg.reply_prefix, note)
         else:
+            if note:  # stdout keeps one line per input line; the note goes to stderr
+                sys.stderr.write(note + "\n")
             run_piped(engine, sys.stdin, sys.stdout)
     except KeyboardInterrupt:
         pass

@@ -2,7 +2,8 @@
 
 Steps, in order, each counted in ``report.json``:
 
-1. read every source (normalized on the way in), in a fixed order;
+1. read every source (normalized on the way in), in a fixed order, and scrub PII
+   (hamdam.safety.pii) when ``scrub_pii`` is on;
 2. drop exact duplicates (same canonical text) and near duplicates (character n-gram Jaccard at
    or above ``dedupe.threshold``); of a duplicate group the human-written record is kept, then the
    oldest;
@@ -20,6 +21,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from hamdam.data.dedupe import NearDuplicateIndex, canonical, clusters
 from hamdam.data.quality import QualityFilter
 from hamdam.data.sources import ORIGINS, SourceRecord, iter_sources
 from hamdam.io import write_atomic_text
+from hamdam.safety.pii import scrub_dialogue
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,8 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     quality: QualityFilter = QualityFilter(**cfg.quality)
     records = list(iter_sources(data_dir))
     read = Counter(r.source for r in records)
+    if cfg.scrub_pii:  # before anything is kept: no phone number or address reaches training
+        records = [replace(r, dialogue=scrub_dialogue(r.dialogue)) for r in records]
 
     records, removed = deduplicate(records, cfg.dedupe.threshold, cfg.dedupe.ngram)
     kept = []

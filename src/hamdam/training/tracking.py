@@ -68,6 +68,7 @@ def log_run_start(logger: MLFlowLogger, cfg: DictConfig, data_path: Path, tags: 
         "hamdam.data_path": str(data_path),
         "hamdam.data_sha256": file_sha256(data_path),
         "hamdam.model": str(cfg.model.name),
+        "hamdam.safety_enabled": str(bool(cfg.get("safety", {}).get("enabled", True))).lower(),
         **git_state(Path(cfg.paths.root_dir)),
         **tags,
     }

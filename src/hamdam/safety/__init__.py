@@ -1,0 +1,1 @@
+"""Safety and privacy of the companion: crisis detection, output guard, disclosure, PII scrubbing."""
