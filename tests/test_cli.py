@@ -75,6 +75,16 @@ def test_smoke_then_chat_over_a_pipe(tmp_path):
     assert "۱۲۳" not in first
     assert "هوش مصنوعی" in second and "۱۲۳" in second and "۱۴۸۰" in second
 
+    # --learn: each completed turn is in the chat store; feedback lines are acknowledged in place.
+    learn = run_hamdam(
+        ["chat", "--learn", "seed=1"], tmp_path, stdin="سلام بابا\n/good\nخوبی؟\n/fix خوبم پسرم، تو خوبی؟\n"
+    )
+    assert learn.returncode == 0, learn.stderr[-3000:]
+    assert len(learn.stdout.splitlines()) == 4
+    with sqlite3.connect(tmp_path / "chats.db") as db:
+        rows = db.execute("select message, rating, fixed_reply from turns order by id").fetchall()
+    assert rows == [("سلام بابا", "good", None), ("خوبی؟", "good", "خوبم پسرم، تو خوبی؟")]
+
 
 @pytest.mark.slow
 def test_sweep_runs_one_mlflow_run_per_job(tmp_path):

@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 # Flags some commands accept besides Hydra overrides, and the override each one stands for.
-FLAGS: dict[str, dict[str, str]] = {"data stats": {"--json": "json=true"}}
+FLAGS: dict[str, dict[str, str]] = {"data stats": {"--json": "json=true"}, "chat": {"--learn": "learning.enabled=true"}}
 
 
 def config_dir() -> Path:

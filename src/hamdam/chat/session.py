@@ -13,7 +13,9 @@ from omegaconf import DictConfig
 from transformers import GenerationConfig, set_seed
 from transformers.utils import logging as hf_logging
 
+from hamdam.chat.commands import FeedbackState, handle
 from hamdam.chat.engine import ChatEngine, Conversation
+from hamdam.learning.store import ChatStore
 from hamdam.models.export import load_exported, read_latest
 from hamdam.safety.guard import SafetyGuard
 
@@ -32,9 +34,22 @@ def build_engine(cfg: DictConfig) -> ChatEngine:
     return ChatEngine(exported.model, exported.chat_format, generation, guard)
 
 
-def run_piped(engine: ChatEngine, source: TextIO, sink: TextIO) -> None:
+def answer(engine: ChatEngine, conversation: Conversation, feedback: FeedbackState, line: str) -> str:
+    """A command's acknowledgement, or the reply, stored (and committed) before it is returned."""
+    ack = handle(line, feedback)
+    if ack is not None:
+        return ack
+    reply = engine.respond(conversation, line)
+    conversation.add(line, reply)
+    if feedback.store is not None and feedback.session_id is not None:
+        feedback.last_turn_id = feedback.store.add_turn(feedback.session_id, line, reply.text, reply.kind, reply.lang)
+    return reply.text
+
+
+def run_piped(engine: ChatEngine, source: TextIO, sink: TextIO, feedback: FeedbackState | None = None) -> None:
     """Exactly one output line per input line, so scripts can pair them; context carries across lines."""
     conversation = Conversation()
+    feedback = feedback or FeedbackState(None, None)
     for number, line in enumerate(source, start=1):
         message = line.strip()
         if not message:
@@ -42,13 +57,14 @@ def run_piped(engine: ChatEngine, source: TextIO, sink: TextIO) -> None:
             sink.write("\n")
             sink.flush()
             continue
-        reply = engine.respond(conversation, message)
-        conversation.add(message, reply)
-        sink.write(" ".join(reply.text.split()) + "\n")
+        text = answer(engine, conversation, feedback, message)
+        sink.write(" ".join(text.split()) + "\n")
         sink.flush()
 
 
-def run_terminal(engine: ChatEngine, prompt: str, reply_prefix: str, note: str | None = None) -> None:
+def run_terminal(
+    engine: ChatEngine, prompt: str, reply_prefix: str, note: str | None = None, feedback: FeedbackState | None = None
+) -> None:
     from rich.console import Console
 
     console = Console()
@@ -56,6 +72,7 @@ def run_terminal(engine: ChatEngine, prompt: str, reply_prefix: str, note: str |
         console.print(f"[italic]{note}[/italic]")
     console.print("[dim]Ctrl-D or Ctrl-C to leave.[/dim]")
     conversation = Conversation()
+    feedback = feedback or FeedbackState(None, None)
     while True:
         try:
             message = console.input(prompt).strip()
@@ -66,13 +83,13 @@ def run_terminal(engine: ChatEngine, prompt: str, reply_prefix: str, note: str |
             continue
         try:
             with console.status("…"):
-                reply = engine.respond(conversation, message)
+                text = answer(engine, conversation, feedback, message)
         except KeyboardInterrupt:
             console.print()
             continue
-        conversation.add(message, reply)
-        style = "bold red" if reply.kind == "crisis" else "bold"
-        console.print(f"[{style}]{reply_prefix}[/{style}]{reply.text}", markup=True)
+        crisis = conversation.exchanges and conversation.exchanges[-1].reply.kind == "crisis"
+        style = "bold red" if crisis else "bold"
+        console.print(f"[{style}]{reply_prefix}[/{style}]{text}", markup=True)
 
 
 def chat(cfg: DictConfig) -> None:
@@ -80,12 +97,19 @@ def chat(cfg: DictConfig) -> None:
         set_seed(int(cfg.seed))
     engine = build_engine(cfg)
     note = engine.guard.opening_note() if engine.guard else None
+    feedback = FeedbackState(None, None)
+    if cfg.learning.enabled:
+        store = ChatStore(cfg.learning.store)
+        feedback = FeedbackState(store, store.start_session(str(cfg.get("model_dir") or "latest")))
     try:
         if sys.stdin.isatty():
-            run_terminal(engine, cfg.prompt, cfg.reply_prefix, note)
+            run_terminal(engine, cfg.prompt, cfg.reply_prefix, note, feedback)
         else:
             if note:  # stdout keeps one line per input line; the note goes to stderr
                 sys.stderr.write(note + "\n")
-            run_piped(engine, sys.stdin, sys.stdout)
+            run_piped(engine, sys.stdin, sys.stdout, feedback)
     except KeyboardInterrupt:
         pass
+    finally:
+        if feedback.store is not None:
+            feedback.store.close()

@@ -83,6 +83,23 @@ def generate_replies(
     return replies, clean
 
 
+def training_run_id(tracking_uri: str, model_dir: Path) -> str | None:
+    """The newest MLflow run that wrote ``model_dir`` (tagged hamdam.model_dir by training)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    runs = client.search_runs(
+        experiments,
+        filter_string=f"tags.`hamdam.model_dir` = '{Path(model_dir).resolve()}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def loss_curves(tracking_uri: str, run_id: str | None) -> dict[str, str]:
     """CSV text of the training run's loss histories, keyed by file name."""
     if not run_id:
@@ -127,7 +144,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         for p, r, c in zip(prompts, replies, clean, strict=True)
     )
     write_atomic_text(out / "samples.jsonl", samples)
-    run_id = exported.meta.get("mlflow_run_id")
+    run_id = training_run_id(cfg.tracking_uri, Path(cfg.model_dir))
     for name, text in loss_curves(cfg.tracking_uri, run_id).items():
         write_atomic_text(out / "plots" / name, text)
     if run_id:

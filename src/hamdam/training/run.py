@@ -113,7 +113,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 cfg.model.max_length,
                 Path(cfg.export_dir),
                 backbone=backbone_record(cfg),
-                extra={"model_name": cfg.model.name, "mlflow_run_id": logger.run_id if logger else None},
+                # No run id or time in here: the same training gives the same bytes (DVC, diffs);
+                # the MLflow run points at the model instead (tag hamdam.model_dir).
+                extra={"model_name": cfg.model.name},
             )
             if logger is not None:
                 tracking.log_run_outputs(logger, output_dir / "resolved_config.yaml", model_dir)

@@ -81,7 +81,7 @@ def log_run_start(logger: MLFlowLogger, cfg: DictConfig, data_path: Path, tags: 
 def log_run_outputs(logger: MLFlowLogger, config_file: Path, model_dir: Path) -> None:
     logger.experiment.log_artifact(logger.run_id, str(config_file))
     logger.experiment.log_artifacts(logger.run_id, str(model_dir), artifact_path="model")
-    logger.experiment.set_tag(logger.run_id, "hamdam.model_dir", str(model_dir))
+    logger.experiment.set_tag(logger.run_id, "hamdam.model_dir", str(Path(model_dir).resolve()))
 
 
 @rank_zero_only

@@ -1,0 +1,1 @@
+"""Learning from chats: the durable chat store (and, next, retrain rounds)."""
