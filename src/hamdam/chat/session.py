@@ -22,9 +22,13 @@ from hamdam.safety.guard import SafetyGuard
 log = logging.getLogger(__name__)
 
 
-def build_engine(cfg: DictConfig) -> ChatEngine:
+def model_dir_of(cfg: DictConfig) -> Path:
+    """``model_dir`` if given, else the model the latest ``hamdam train`` wrote."""
+    return Path(cfg.model_dir) if cfg.get("model_dir") else read_latest(Path(cfg.paths.runs_dir))
+
+
+def build_engine(cfg: DictConfig, model_dir: Path) -> ChatEngine:
     hf_logging.disable_progress_bar()  # keep the chat's terminal (and stderr of scripts) clean
-    model_dir = Path(cfg.model_dir) if cfg.get("model_dir") else read_latest(Path(cfg.paths.runs_dir))
     exported = load_exported(model_dir, quantization=cfg.get("quantization"))
     if torch.cuda.is_available() and exported.meta["kind"] == "full":
         exported.model.to("cuda")
@@ -95,12 +99,13 @@ def run_terminal(
 def chat(cfg: DictConfig) -> None:
     if cfg.get("seed") is not None:
         set_seed(int(cfg.seed))
-    engine = build_engine(cfg)
+    model_dir = model_dir_of(cfg)
+    engine = build_engine(cfg, model_dir)
     note = engine.guard.opening_note() if engine.guard else None
     feedback = FeedbackState(None, None)
     if cfg.learning.enabled:
         store = ChatStore(cfg.learning.store)
-        feedback = FeedbackState(store, store.start_session(str(cfg.get("model_dir") or "latest")))
+        feedback = FeedbackState(store, store.start_session(str(model_dir.resolve())))
     try:
         if sys.stdin.isatty():
             run_terminal(engine, cfg.prompt, cfg.reply_prefix, note, feedback)

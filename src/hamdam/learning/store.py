@@ -35,6 +35,15 @@ CREATE TABLE IF NOT EXISTS turns (
     round_id INTEGER                 -- the learning round that used this turn
 );
 CREATE INDEX IF NOT EXISTS turns_pending ON turns(round_id) WHERE round_id IS NULL;
+CREATE TABLE IF NOT EXISTS rounds (
+    id INTEGER PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    source TEXT NOT NULL,            -- data/rounds/NNNN.jsonl
+    records INTEGER NOT NULL,
+    status TEXT NOT NULL,            -- exporting | versioned
+    data_md5 TEXT,                   -- data.dvc's hash of data/ after this round
+    git_commit TEXT
+);
 """
 
 

@@ -1,0 +1,130 @@
+"""Learning rounds, data side: eligible turns -> an immutable source under data/rounds/ -> a DVC version.
+
+Crash-safe order: the round and the turns it takes are recorded in the chat store in one
+transaction first; the data file, ``dvc add data`` and the git commit follow and are redone on the
+next start if the process died in between (``resume``). The file's bytes depend only on the stored
+turns, so redoing a step writes the same version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from hamdam.data.normalize import normalize_text
+from hamdam.data.quality import QualityFilter
+from hamdam.data.records import Dialogue, Turn
+from hamdam.io import write_atomic_text
+from hamdam.learning.store import ChatStore, StoredTurn, _now
+from hamdam.safety.pii import scrub
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    number: int
+    source: str
+    records: int
+    status: str
+    data_md5: str | None
+    git_commit: str | None
+
+
+def round_record(turn: StoredTurn) -> dict:
+    """A training record from a turn: PII scrubbed; a /fix replaces the reply and makes it human-written."""
+    reply = turn.fixed_reply or turn.reply
+    return {
+        "instruction": scrub(normalize_text(turn.message)),
+        "response": scrub(normalize_text(reply)),
+        "origin": "human" if turn.fixed_reply else "chat",
+        "turn_id": turn.id,
+    }
+
+
+class RoundExporter:
+    def __init__(self, store: ChatStore, root: Path, quality: QualityFilter, include_unrated: bool = True):
+        self.store = store
+        self.root = Path(root)
+        self.quality = quality
+        self.include_unrated = include_unrated
+
+    def _records(self, turns: list[StoredTurn]) -> list[dict]:
+        kept = []
+        for turn in turns:
+            record = round_record(turn)
+            dialogue = Dialogue((Turn("user", record["instruction"]), Turn("assistant", record["response"])))
+            # Model-written replies pass the filters generated data passes; a /fix is the user's own text.
+            if record["origin"] == "chat" and self.quality.reject(dialogue):
+                continue
+            kept.append(record)
+        return kept
+
+    def export(self) -> RoundInfo | None:
+        """Take the eligible turns into a new round; None when there is nothing to learn."""
+        turns = self.store.eligible(self.include_unrated)
+        if not turns:
+            return None
+        with self.store._tx() as db:
+            number = (db.execute("SELECT COALESCE(MAX(id), 0) FROM rounds").fetchone()[0]) + 1
+            source = f"rounds/{number:04d}.jsonl"
+            db.execute(
+                "INSERT INTO rounds(id, created_at, source, records, status) VALUES (?, ?, ?, 0, 'exporting')",
+                (number, _now(), source),
+            )
+            db.executemany("UPDATE turns SET round_id = ? WHERE id = ?", [(number, t.id) for t in turns])
+        return self._version(number)
+
+    def resume(self) -> list[RoundInfo]:
+        """Finish rounds a crash left between the store and the DVC version."""
+        pending = [r[0] for r in self.store.db.execute("SELECT id FROM rounds WHERE status = 'exporting' ORDER BY id")]
+        return [self._version(number) for number in pending]
+
+    def _version(self, number: int) -> RoundInfo:
+        rows = self.store.db.execute(
+            "SELECT id, session_id, message, reply, kind, lang, rating, fixed_reply FROM turns WHERE round_id = ? "
+            "ORDER BY id",
+            (number,),
+        ).fetchall()
+        records = self._records([StoredTurn(*row) for row in rows])
+        source = f"rounds/{number:04d}.jsonl"
+        text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+        write_atomic_text(self.root / "data" / source, text)
+        md5 = self._dvc_add()
+        commit = self._git_commit(f"data: learning round {number} ({len(records)} records)")
+        with self.store._tx() as db:
+            db.execute(
+                "UPDATE rounds SET records = ?, status = 'versioned', data_md5 = ?, git_commit = ? WHERE id = ?",
+                (len(records), md5, commit, number),
+            )
+        log.info("round %d: %d records in data/%s, data.dvc %s", number, len(records), source, md5)
+        return RoundInfo(number, source, len(records), "versioned", md5, commit)
+
+    def _dvc_add(self) -> str | None:
+        from dvc.repo import Repo
+
+        with Repo(str(self.root)) as repo:
+            repo.add(str(self.root / "data"))
+        meta = (self.root / "data.dvc").read_text(encoding="utf-8")
+        return next((line.split(":", 1)[1].strip() for line in meta.splitlines() if "md5:" in line), None)
+
+    def _git_commit(self, message: str) -> str | None:
+        """Commit data.dvc when the workspace is a git repository; None otherwise."""
+        git = ["git", "-C", str(self.root)]
+        if subprocess.run([*git, "rev-parse", "--git-dir"], capture_output=True).returncode != 0:
+            return None
+        identity = subprocess.run([*git, "config", "user.email"], capture_output=True, text=True).stdout.strip()
+        if not identity:  # a workspace without a git identity still gets its round commits
+            git += ["-c", "user.name=hamdam", "-c", "user.email=hamdam@localhost"]
+        subprocess.run([*git, "add", "data.dvc"], check=True, capture_output=True)
+        subprocess.run([*git, "commit", "-q", "-m", message, "--", "data.dvc"], check=True, capture_output=True)
+        return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+    def rounds(self) -> list[RoundInfo]:
+        rows = self.store.db.execute(
+            "SELECT id, source, records, status, data_md5, git_commit FROM rounds ORDER BY id"
+        ).fetchall()
+        return [RoundInfo(*row) for row in rows]

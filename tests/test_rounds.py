@@ -1,0 +1,81 @@
+"""Learning rounds, data side: eligible turns become a DVC version and a git commit, crash-safely."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hamdam.data.quality import QualityFilter
+from hamdam.learning.rounds import RoundExporter
+from hamdam.learning.store import ChatStore
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def sh(args, cwd):
+    args = [DVC, *args[1:]] if args[0] == "dvc" else args
+    return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    sh([*git, "init", "-q"], tmp_path)
+    sh(["dvc", "init", "-q"], tmp_path)
+    (tmp_path / "data" / "seed").mkdir(parents=True)
+    (tmp_path / "data" / "seed" / "a.jsonl").write_text('{"instruction": "سلام", "response": "سلام پسرم"}\n')
+    sh(["dvc", "add", "-q", "data"], tmp_path)
+    sh([*git, "add", "-A"], tmp_path)
+    sh([*git, "commit", "-qm", "seed"], tmp_path)
+    return tmp_path
+
+
+def filled_store(path):
+    store = ChatStore(path / "chats.db")
+    session = store.start_session("m")
+    store.add_turn(session, "سلام بابا، شماره‌ام ۰۹۱۲۳۴۵۶۷۸۹ هست", "سلام پسرم، خوبی؟", "model", "fa")
+    fixed = store.add_turn(session, "دلم برات تنگه", "جواب ضعیف", "model", "fa")
+    store.fix(fixed, "منم دلم برات تنگه عزیزم.")
+    bad = store.add_turn(session, "خوبی؟", "جواب بد", "model", "fa")
+    store.rate(bad, "bad")
+    store.add_turn(session, "می‌خوام بیام پیشت", "[resources]", "crisis", "fa")
+    store.add_turn(session, "امروز چی کار کنم؟", "this reply is not persian at all", "model", "fa")
+    return store
+
+
+def test_a_round_becomes_a_dvc_version_and_a_git_commit(workspace):
+    store = filled_store(workspace)
+    exporter = RoundExporter(store, workspace, QualityFilter())
+    before = (workspace / "data.dvc").read_text()
+    info = exporter.export()
+    assert info.number == 1 and info.source == "rounds/0001.jsonl" and info.status == "versioned"
+    rows = [json.loads(line) for line in (workspace / "data" / "rounds" / "0001.jsonl").read_text().splitlines()]
+    assert [(r["instruction"], r["response"], r["origin"]) for r in rows] == [
+        ("سلام بابا، شماره‌ام [PHONE] هست", "سلام پسرم، خوبی؟", "chat"),
+        ("دلم برات تنگه", "منم دلم برات تنگه عزیزم.", "human"),
+    ]  # /bad, crisis and the non-Persian model reply are not learned; PII is scrubbed
+    assert (workspace / "data.dvc").read_text() != before and info.data_md5 in (workspace / "data.dvc").read_text()
+    assert (
+        sh(["git", "log", "-1", "--format=%H %s"], workspace) == f"{info.git_commit} data: learning round 1 (2 records)"
+    )
+    assert sh(["dvc", "status", "data.dvc"], workspace).endswith("up to date.")
+    assert exporter.export() is None  # nothing new to learn
+    assert [r.number for r in exporter.rounds()] == [1]
+
+
+def test_a_round_interrupted_after_the_store_is_finished_on_restart(workspace):
+    store = filled_store(workspace)
+    exporter = RoundExporter(store, workspace, QualityFilter())
+    exporter._version = lambda number: (_ for _ in ()).throw(KeyboardInterrupt())  # "killed" here
+    with pytest.raises(KeyboardInterrupt):
+        exporter.export()
+    assert not (workspace / "data" / "rounds").exists()
+    store.close()
+
+    restarted = RoundExporter(ChatStore(workspace / "chats.db"), workspace, QualityFilter())
+    assert restarted.store.eligible() == []  # the turns belong to round 1 already: never taken twice
+    (info,) = restarted.resume()
+    assert info.number == 1 and info.records == 2 and info.status == "versioned"
+    assert restarted.resume() == []
