@@ -83,8 +83,11 @@ def export_model(
     return out_dir
 
 
-def load_exported(model_dir: str | Path, quantization: str | None = None) -> Exported:
-    """Load an export for generation; ``quantization`` overrides the base's setting for adapters."""
+def load_exported(model_dir: str | Path, quantization: str | None = None, trainable: bool = False) -> Exported:
+    """Load an export for generation, or with ``trainable`` to train on (an adapter stays trainable).
+
+    ``quantization`` overrides the base model's setting for adapters.
+    """
     model_dir = Path(model_dir)
     meta_path = model_dir / META_FILE
     if not meta_path.is_file():
@@ -101,11 +104,15 @@ def load_exported(model_dir: str | Path, quantization: str | None = None) -> Exp
         if quantization is not None:
             backbone["quantization"] = quantization
         base = instantiate(backbone, tokenizer=tokenizer)
-        model = PeftModel.from_pretrained(base, model_dir)
+        model = PeftModel.from_pretrained(base, model_dir, is_trainable=trainable)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir)
-    model.eval()
-    model.config.use_cache = True
+    if trainable:
+        model.train()
+        model.config.use_cache = False
+    else:
+        model.eval()
+        model.config.use_cache = True
     window = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     chat_format = ChatFormat(tokenizer, markers, max_length=window or meta["max_length"])
     return Exported(model=model, chat_format=chat_format, meta=meta)

@@ -15,7 +15,7 @@ from hamdam.data.chat_format import ChatFormat, RoleMarkers
 from hamdam.data.datamodule import DialogueDataModule
 from hamdam.errors import HamdamError
 from hamdam.models.backbones import apply_lora
-from hamdam.models.export import export_model, write_latest
+from hamdam.models.export import export_model, load_exported, write_latest
 from hamdam.models.module import DialogueLM
 from hamdam.models.tokenizers import looks_local
 from hamdam.training import tracking
@@ -68,7 +68,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train once; returns the final metrics (for sweeps)."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule: DialogueDataModule = instantiate(cfg.data)  # bad data fails here, before any output
-    markers: RoleMarkers = instantiate(cfg.model.markers)
+    # Continue from an exported model (a learning round): its tokenizer, markers, weights, adapter.
+    init = load_exported(cfg.init_from, trainable=True) if cfg.get("init_from") else None
+    markers: RoleMarkers = RoleMarkers(**init.meta["markers"]) if init else instantiate(cfg.model.markers)
+    max_length = init.meta["max_length"] if init else cfg.model.max_length
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "model_name.txt").write_text(str(cfg.model.name), encoding="utf-8")
@@ -76,18 +79,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.model.get("bootstrap") is not None:
         instantiate(cfg.model.bootstrap)(texts=datamodule.train_texts())
     checkpoint = find_checkpoint(cfg)
-    if checkpoint is not None and (checkpoint.parent.parent / "tokenizer").is_dir():
+    if init is not None:
+        tokenizer = init.chat_format.tokenizer
+        log.info("Continuing from %s", cfg.init_from)
+    elif checkpoint is not None and (checkpoint.parent.parent / "tokenizer").is_dir():
         # Resuming: the ids must mean what they meant when the checkpoint was written.
         tokenizer = AutoTokenizer.from_pretrained(checkpoint.parent.parent / "tokenizer")
         log.info("Resuming from %s", checkpoint)
     else:
         tokenizer = instantiate(cfg.model.tokenizer)(texts=datamodule.train_texts(), markers=markers)
     tokenizer.save_pretrained(output_dir / "tokenizer")
-    datamodule.attach(ChatFormat(tokenizer, markers, cfg.model.max_length))
+    datamodule.attach(ChatFormat(tokenizer, markers, max_length))
 
-    network = instantiate(cfg.model.backbone)(tokenizer=tokenizer)
-    if cfg.model.get("lora") is not None:
-        network = apply_lora(network, instantiate(cfg.model.lora))
+    if init is not None:
+        network = init.model
+    else:
+        network = instantiate(cfg.model.backbone)(tokenizer=tokenizer)
+        if cfg.model.get("lora") is not None:
+            network = apply_lora(network, instantiate(cfg.model.lora))
     network.train()  # from_pretrained leaves eval mode (no dropout); Lightning keeps the mode it finds
     module = DialogueLM(
         network,
@@ -110,12 +119,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 module.model,
                 tokenizer,
                 markers,
-                cfg.model.max_length,
+                max_length,
                 Path(cfg.export_dir),
-                backbone=backbone_record(cfg),
+                backbone=init.meta["backbone"] if init else backbone_record(cfg),
                 # No run id or time in here: the same training gives the same bytes (DVC, diffs);
                 # the MLflow run points at the model instead (tag hamdam.model_dir).
-                extra={"model_name": cfg.model.name},
+                extra={"model_name": init.meta.get("model_name", cfg.model.name) if init else cfg.model.name},
             )
             if logger is not None:
                 tracking.log_run_outputs(logger, output_dir / "resolved_config.yaml", model_dir)
