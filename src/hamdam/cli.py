@@ -31,11 +31,20 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data build": ("hamdam.corpus.build:build", "build", "build data/seed/ from the sources in corpus/"),
     "data prepare": ("hamdam.data.prepare:prepare", "prepare", "merge, dedupe, filter, cap and split data/"),
     "data stats": ("hamdam.corpus.build:stats", "stats", "corpus counts (--json for JSON)"),
+    "learn": ("hamdam.learning.cycle:learn", "learn", "one learning round from the stored chats, now"),
+    "rounds": ("hamdam.learning.history:rounds", "rounds", "the learning rounds (--json for JSON)"),
+    "rollback": ("hamdam.learning.history:rollback", "rounds", "restore data/ and the model of round N"),
     "safety classify": ("hamdam.safety.classify:classify", "classify", "crisis check, one JSON line per stdin line"),
 }
 
 # Flags some commands accept besides Hydra overrides, and the override each one stands for.
-FLAGS: dict[str, dict[str, str]] = {"data stats": {"--json": "json=true"}, "chat": {"--learn": "learning.enabled=true"}}
+FLAGS: dict[str, dict[str, str]] = {
+    "data stats": {"--json": "json=true"},
+    "rounds": {"--json": "json=true"},
+    "chat": {"--learn": "learning.enabled=true"},
+}
+# Commands whose first argument is a value, and the override it stands for.
+POSITIONAL: dict[str, str] = {"rollback": "round"}
 
 
 def config_dir() -> Path:
@@ -57,6 +66,8 @@ def run(command: str, argv: list[str] | None = None) -> None:
     task = _load(target)
     if argv is not None:
         flags = FLAGS.get(command, {})
+        if command in POSITIONAL and argv and "=" not in argv[0] and not argv[0].startswith("-"):
+            argv = [f"{POSITIONAL[command]}={argv[0]}", *argv[1:]]
         sys.argv = [f"hamdam {command}", *(flags.get(a, a) for a in argv)]
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)

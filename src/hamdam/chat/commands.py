@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from hamdam.data.normalize import normalize_text
 from hamdam.learning.store import ChatStore
+from hamdam.learning.worker import LearningWorker
 
 HELP = (
     "/good: این جواب خوب بود  ·  /bad: این جواب بد بود (یاد گرفته نمی‌شه)  ·  "
@@ -15,11 +17,14 @@ HELP = (
 
 @dataclass
 class FeedbackState:
-    """Where feedback applies: the current session and its last stored turn."""
+    """Where feedback applies (the session, its last stored turn) and, when learning, the rounds."""
 
     store: ChatStore | None
     session_id: int | None
     last_turn_id: int | None = None
+    worker: LearningWorker | None = None
+    serving: Path | None = None  # the model directory being served
+    runs_dir: Path | None = None
 
 
 def handle(line: str, state: FeedbackState) -> str | None:

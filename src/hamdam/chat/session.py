@@ -15,16 +15,18 @@ from transformers.utils import logging as hf_logging
 
 from hamdam.chat.commands import FeedbackState, handle
 from hamdam.chat.engine import ChatEngine, Conversation
+from hamdam.learning.cycle import champion_dir
 from hamdam.learning.store import ChatStore
-from hamdam.models.export import load_exported, read_latest
+from hamdam.learning.worker import LearningWorker
+from hamdam.models.export import load_exported
 from hamdam.safety.guard import SafetyGuard
 
 log = logging.getLogger(__name__)
 
 
 def model_dir_of(cfg: DictConfig) -> Path:
-    """``model_dir`` if given, else the model the latest ``hamdam train`` wrote."""
-    return Path(cfg.model_dir) if cfg.get("model_dir") else read_latest(Path(cfg.paths.runs_dir))
+    """``model_dir`` if given, else the champion of the learning rounds, else the latest trained model."""
+    return Path(cfg.model_dir) if cfg.get("model_dir") else champion_dir(Path(cfg.paths.runs_dir))
 
 
 def build_engine(cfg: DictConfig, model_dir: Path) -> ChatEngine:
@@ -47,7 +49,46 @@ def answer(engine: ChatEngine, conversation: Conversation, feedback: FeedbackSta
     conversation.add(line, reply)
     if feedback.store is not None and feedback.session_id is not None:
         feedback.last_turn_id = feedback.store.add_turn(feedback.session_id, line, reply.text, reply.kind, reply.lang)
+        if feedback.worker is not None:
+            feedback.worker.after_turn()
     return reply.text
+
+
+def chat_overrides(prefix: str) -> list[str]:
+    """This chat's own command-line overrides under ``prefix``, to hand on to its rounds."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = HydraConfig.get().overrides.task
+    except ValueError:  # not started by Hydra (a library caller)
+        return []
+    return [o for o in task if o.startswith(prefix) and not o.startswith("learning.enabled")]
+
+
+def start_learning(cfg: DictConfig, model_dir: Path) -> FeedbackState:
+    """Open the chat store, and the worker that runs a round every ``learning.every`` turns."""
+    store = ChatStore(cfg.learning.store)
+    runs_dir = Path(cfg.paths.runs_dir)
+    overrides = [f"paths.root_dir={cfg.paths.root_dir}", f"paths.runs_dir={runs_dir}"]
+    overrides += [f"learning.store={cfg.learning.store}", *chat_overrides("learning."), *cfg.learning.worker_overrides]
+    worker = LearningWorker(cfg.learning.every, overrides, runs_dir / "rounds" / "learn.log")
+    state = FeedbackState(store, store.start_session(str(model_dir.resolve())), None, worker, model_dir, runs_dir)
+    if store.db.execute("SELECT 1 FROM rounds WHERE status IN ('exporting', 'versioned', 'failed')").fetchone():
+        worker.request()  # a round was cut short (or failed) last time: finish it now
+    return state
+
+
+def between_turns(engine: ChatEngine, feedback: FeedbackState) -> None:
+    """Serve a newly promoted model from the next turn on; the swap is one assignment."""
+    if feedback.worker is None or feedback.serving is None or feedback.runs_dir is None:
+        return
+    feedback.worker.poll()
+    champion = champion_dir(feedback.runs_dir)
+    if champion.resolve() != feedback.serving.resolve():
+        exported = load_exported(champion)
+        engine.model, engine.chat_format = exported.model, exported.chat_format
+        feedback.serving = champion
+        log.info("now serving the promoted model %s", champion)
 
 
 def run_piped(engine: ChatEngine, source: TextIO, sink: TextIO, feedback: FeedbackState | None = None) -> None:
@@ -61,6 +102,7 @@ def run_piped(engine: ChatEngine, source: TextIO, sink: TextIO, feedback: Feedba
             sink.write("\n")
             sink.flush()
             continue
+        between_turns(engine, feedback)
         text = answer(engine, conversation, feedback, message)
         sink.write(" ".join(text.split()) + "\n")
         sink.flush()
@@ -85,6 +127,7 @@ def run_terminal(
             return
         if not message:
             continue
+        between_turns(engine, feedback)
         try:
             with console.status("…"):
                 text = answer(engine, conversation, feedback, message)
@@ -102,10 +145,7 @@ def chat(cfg: DictConfig) -> None:
     model_dir = model_dir_of(cfg)
     engine = build_engine(cfg, model_dir)
     note = engine.guard.opening_note() if engine.guard else None
-    feedback = FeedbackState(None, None)
-    if cfg.learning.enabled:
-        store = ChatStore(cfg.learning.store)
-        feedback = FeedbackState(store, store.start_session(str(model_dir.resolve())))
+    feedback = start_learning(cfg, model_dir) if cfg.learning.enabled else FeedbackState(None, None)
     try:
         if sys.stdin.isatty():
             run_terminal(engine, cfg.prompt, cfg.reply_prefix, note, feedback)
@@ -116,5 +156,7 @@ def chat(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        if feedback.worker is not None:
+            feedback.worker.finish()
         if feedback.store is not None:
             feedback.store.close()

@@ -1,0 +1,94 @@
+"""``hamdam rounds`` and ``hamdam rollback N``: what each learning round did, and going back to one.
+
+Rollback is real: data.dvc is restored from the round's git commit and ``dvc checkout`` brings
+data/ back byte for byte from the DVC cache (``dvc pull`` first on a machine without it); the
+round's model becomes the one ``hamdam chat`` serves. Both work offline and after a restart: the
+chat store, git and DVC hold everything they need.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from hamdam.errors import HamdamError
+from hamdam.io import write_atomic_text
+from hamdam.learning.cycle import CHAMPION_FILE
+from hamdam.learning.store import ChatStore
+
+
+def _mlflow_runs(tracking_uri: str) -> dict[str, tuple[str, str]]:
+    """round number -> (run id, promoted tag)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return {}
+    runs = client.search_runs(experiments, "tags.`hamdam.round` != ''")
+    return {r.data.tags["hamdam.round"]: (r.info.run_id, r.data.tags.get("hamdam.promoted", "")) for r in runs}
+
+
+def rounds(cfg: DictConfig) -> list[dict]:
+    store = ChatStore(cfg.learning.store)
+    try:
+        rows = store.db.execute(
+            "SELECT id, source, records, status, data_md5, git_commit FROM rounds ORDER BY id"
+        ).fetchall()
+    finally:
+        store.close()
+    runs = _mlflow_runs(cfg.tracking_uri)
+    table = []
+    for number, source, records, status, md5, commit in rows:
+        run_id, _ = runs.get(str(number), (None, ""))
+        table.append(
+            {"round": number, "source": source, "records": records, "status": status,
+             "data_md5": md5, "git_commit": commit, "mlflow_run": run_id}
+        )  # fmt: skip
+    if cfg.json:
+        sys.stdout.write(json.dumps(table) + "\n")
+    else:
+        sys.stdout.write(f"{'round':>5}  {'records':>7}  {'status':<9} {'data.dvc md5':<36} {'git':<8} mlflow run\n")
+        for r in table:
+            sys.stdout.write(
+                f"{r['round']:>5}  {r['records']:>7}  {r['status']:<9} {r['data_md5'] or '-':<36} "
+                f"{(r['git_commit'] or '-')[:8]:<8} {r['mlflow_run'] or '-'}\n"
+            )
+    return table
+
+
+def rollback(cfg: DictConfig) -> None:
+    number = cfg.round
+    if number is None:
+        raise HamdamError("Which round? Run `hamdam rollback N` (see `hamdam rounds` for the numbers).")
+    root = Path(cfg.paths.root_dir)
+    store = ChatStore(cfg.learning.store)
+    try:
+        row = store.db.execute("SELECT git_commit, data_md5 FROM rounds WHERE id = ?", (number,)).fetchone()
+    finally:
+        store.close()
+    if row is None or row[0] is None:
+        raise HamdamError(
+            f"Round {number} has no recorded data version (unknown round, or the workspace is not a git "
+            "repository). `hamdam rounds` lists the rounds that can be restored."
+        )
+    commit, md5 = row
+    dvc_file = subprocess.run(
+        ["git", "-C", str(root), "show", f"{commit}:data.dvc"], capture_output=True, text=True, check=True
+    ).stdout
+    write_atomic_text(root / "data.dvc", dvc_file)
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        repo.checkout(targets=[str(root / "data.dvc")], force=True)
+    model_dir = Path(cfg.paths.runs_dir) / "rounds" / f"{number:04d}" / "model"
+    if model_dir.is_dir():
+        payload = {"model_dir": str(model_dir.resolve()), "round": number, "rollback": True}
+        write_atomic_text(Path(cfg.paths.runs_dir) / CHAMPION_FILE, json.dumps(payload, indent=2) + "\n")
+    sys.stdout.write(
+        f"data/ is round {number}'s version ({md5}); serving {model_dir if model_dir.is_dir() else 'unchanged'}\n"
+    )

@@ -1,0 +1,142 @@
+"""A learning cycle end to end on a tiny model: round -> incremental retrain -> gate -> champion."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from hamdam.data.records import load_dialogues
+from hamdam.learning.cycle import champion_dir, run_cycle
+from hamdam.learning.store import ChatStore
+from hamdam.models.tiny import ensure_tiny_gpt2
+from hamdam.training.run import train
+
+from conftest import CONF, SAMPLE
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def sh(args, cwd):
+    return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_cycle_trains_from_the_champion_and_gates(tmp_path):
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    sh([*git, "init", "-q"], tmp_path)
+    sh([DVC, "init", "-q"], tmp_path)
+    (tmp_path / "data" / "seed").mkdir(parents=True)
+    pairs = [d.to_record() for d in load_dialogues(SAMPLE)]
+    (tmp_path / "data" / "seed" / "a.jsonl").write_text(
+        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
+    )
+    sh([DVC, "add", "-q", "data"], tmp_path)
+    sh([*git, "add", "-A"], tmp_path)
+    sh([*git, "commit", "-qm", "seed"], tmp_path)
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs[:8]))
+    tiny = ensure_tiny_gpt2([t for p in pairs for t in p.values()], str(tmp_path / "tiny"))
+
+    common = [f"paths.root_dir={tmp_path}", f"paths.runs_dir={tmp_path / 'runs'}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        base = compose(
+            "train",
+            [*common, "experiment=smoke", f"model.name_or_path={tiny}", f"data.path={SAMPLE}",
+             f"paths.output_dir={tmp_path / 'runs' / 'base'}", "trainer.max_epochs=1",
+             "callbacks.rich_progress_bar=null"],
+        )  # fmt: skip
+        train(base)
+        store = ChatStore(tmp_path / "chats.db")
+        session = store.start_session("base")
+        for message, reply in [("سلام بابا", "سلام پسرم، خوبی؟"), ("دلم برات تنگه", "منم دلم برات تنگه.")]:
+            store.add_turn(session, message, reply, "model", "fa")
+        store.close()
+
+        learn = [
+            *common, f"learning.store={tmp_path / 'chats.db'}", f"learning.heldout={heldout}", "learning.epochs=1",
+        ]  # fmt: skip
+        result = run_cycle(compose("learn", [*learn, "learning.tolerance=100"]))
+        assert result.round == 1 and result.records == 2 and result.promoted
+        assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        run = client.get_run(result.mlflow_run_id)
+        assert run.data.params["learning.round"] == "1" and run.data.params["init_from"].endswith("base/model")
+        assert run.data.metrics["heldout/ppl_after"] == result.ppl_after
+        assert client.get_model_version_by_alias("hamdam-companion", "champion").run_id == result.mlflow_run_id
+        assert sh(["git", "log", "-1", "--format=%s"], tmp_path) == "data: learning round 1 (2 records)"
+
+        assert run_cycle(compose("learn", learn)) is None  # nothing new
+
+        store = ChatStore(tmp_path / "chats.db")
+        store.add_turn(store.start_session("r1"), "خداحافظ بابا", "خداحافظ پسرم، مواظب خودت باش.", "model", "fa")
+        store.close()
+        rejected = run_cycle(compose("learn", [*learn, "learning.tolerance=-1"]))  # no candidate can pass
+        assert rejected.round == 2 and not rejected.promoted
+        assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
+
+
+@pytest.mark.slow
+def test_piped_learning_session_of_25_turns_makes_two_rounds(tmp_path):
+    from conftest import run_hamdam
+
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    sh([*git, "init", "-q"], tmp_path)
+    sh([DVC, "init", "-q"], tmp_path)
+    (tmp_path / "data" / "seed").mkdir(parents=True)
+    pairs = [d.to_record() for d in load_dialogues(SAMPLE)]
+    (tmp_path / "data" / "seed" / "a.jsonl").write_text(
+        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
+    )
+    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs[:8]))
+    sh([DVC, "add", "-q", "data"], tmp_path)
+    sh([*git, "add", "-A"], tmp_path)
+    sh([*git, "commit", "-qm", "seed"], tmp_path)
+    trained = run_hamdam(
+        [
+            "train",
+            "experiment=smoke",
+            f"data.path={SAMPLE}",
+            "trainer.max_epochs=1",
+            "callbacks.rich_progress_bar=null",
+        ],
+        tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+
+    lines = "".join(f"پیام شماره‌ی {i} برای بابا\n" for i in range(25))
+    chat = run_hamdam(
+        [
+            "chat", "--learn", "learning.every=10", f"learning.heldout={tmp_path / 'heldout.jsonl'}",
+            "learning.epochs=1", "learning.tolerance=100", "learning.include_unrated=true",
+            "safety.enabled=true", "learning.quality.min_script_ratio=0",
+        ],
+        tmp_path,
+        stdin=lines,
+    )  # fmt: skip
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    assert len(chat.stdout.splitlines()) == 25
+    store = ChatStore(tmp_path / "chats.db")
+    rounds = store.db.execute("SELECT id, status FROM rounds ORDER BY id").fetchall()
+    assert [r[0] for r in rounds] == [1, 2] and all(status in ("promoted", "rejected") for _, status in rounds)
+    assert store.db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 25
+    subjects = sh(["git", "log", "--format=%s"], tmp_path).splitlines()
+    assert sum(s.startswith("data: learning round") for s in subjects) == 2
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`hamdam.round` != ''")
+    assert sorted(r.data.tags["hamdam.round"] for r in runs) == ["1", "2"]
+
+    # `hamdam rounds` lists both; `hamdam rollback 1` restores round 1's data/ and model.
+    listed = run_hamdam(["rounds", "--json"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    table = json.loads(listed.stdout)
+    assert [r["round"] for r in table] == [1, 2] and all(r["mlflow_run"] for r in table)
+    back = run_hamdam(["rollback", "1"], tmp_path)
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert table[0]["data_md5"] in (tmp_path / "data.dvc").read_text()
+    assert (tmp_path / "data" / "rounds" / "0001.jsonl").is_file()
+    assert not (tmp_path / "data" / "rounds" / "0002.jsonl").exists()
+    assert json.loads(sh([DVC, "status", "data.dvc", "--json"], tmp_path)) == {}
+    assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
