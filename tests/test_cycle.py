@@ -127,6 +127,10 @@ def test_piped_learning_session_of_25_turns_makes_two_rounds(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`hamdam.round` != ''")
     assert sorted(r.data.tags["hamdam.round"] for r in runs) == ["1", "2"]
+    (parent,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.`hamdam.kind` = 'chat-session'"
+    )
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs)
 
     # `hamdam rounds` lists both; `hamdam rollback 1` restores round 1's data/ and model.
     listed = run_hamdam(["rounds", "--json"], tmp_path)

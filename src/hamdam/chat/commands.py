@@ -25,6 +25,7 @@ class FeedbackState:
     worker: LearningWorker | None = None
     serving: Path | None = None  # the model directory being served
     runs_dir: Path | None = None
+    parent_run: str | None = None  # this session's MLflow run
 
 
 def handle(line: str, state: FeedbackState) -> str | None:

@@ -50,7 +50,7 @@ def answer(engine: ChatEngine, conversation: Conversation, feedback: FeedbackSta
     if feedback.store is not None and feedback.session_id is not None:
         feedback.last_turn_id = feedback.store.add_turn(feedback.session_id, line, reply.text, reply.kind, reply.lang)
         if feedback.worker is not None:
-            feedback.worker.after_turn()
+            feedback.worker.after_turn(feedback.last_turn_id)
     return reply.text
 
 
@@ -65,14 +65,34 @@ def chat_overrides(prefix: str) -> list[str]:
     return [o for o in task if o.startswith(prefix) and not o.startswith("learning.enabled")]
 
 
+def start_parent_run(cfg: DictConfig) -> str | None:
+    """The MLflow run of this chat session: each round's run is nested under it. No chat text."""
+    if not cfg.get("tracking_uri"):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    experiment = client.get_experiment_by_name("hamdam")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("hamdam")
+    run = client.create_run(experiment_id, run_name="chat-session", tags={"hamdam.kind": "chat-session"})
+    for key in ("every", "include_unrated", "epochs", "replay_ratio", "tolerance"):
+        client.log_param(run.info.run_id, f"learning.{key}", cfg.learning[key])
+    return run.info.run_id
+
+
 def start_learning(cfg: DictConfig, model_dir: Path) -> FeedbackState:
     """Open the chat store, and the worker that runs a round every ``learning.every`` turns."""
     store = ChatStore(cfg.learning.store)
     runs_dir = Path(cfg.paths.runs_dir)
     overrides = [f"paths.root_dir={cfg.paths.root_dir}", f"paths.runs_dir={runs_dir}"]
     overrides += [f"learning.store={cfg.learning.store}", *chat_overrides("learning."), *cfg.learning.worker_overrides]
+    parent = start_parent_run(cfg)
+    if parent:
+        overrides.append(f"parent_run={parent}")
     worker = LearningWorker(cfg.learning.every, overrides, runs_dir / "rounds" / "learn.log")
-    state = FeedbackState(store, store.start_session(str(model_dir.resolve())), None, worker, model_dir, runs_dir)
+    state = FeedbackState(
+        store, store.start_session(str(model_dir.resolve())), None, worker, model_dir, runs_dir, parent
+    )
     if store.db.execute("SELECT 1 FROM rounds WHERE status IN ('exporting', 'versioned', 'failed')").fetchone():
         worker.request()  # a round was cut short (or failed) last time: finish it now
     return state
@@ -160,3 +180,7 @@ def chat(cfg: DictConfig) -> None:
             feedback.worker.finish()
         if feedback.store is not None:
             feedback.store.close()
+        if feedback.parent_run is not None:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri=cfg.tracking_uri).set_terminated(feedback.parent_run, "FINISHED")

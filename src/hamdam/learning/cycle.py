@@ -73,7 +73,7 @@ def run_cycle(cfg: DictConfig, parent_run_id: str | None = None) -> CycleResult 
     try:
         exporter = RoundExporter(store, root, QualityFilter(**learning.quality), learning.include_unrated)
         exporter.resume()
-        info = exporter.export()
+        info = exporter.export(cfg.get("up_to_turn"))
         pending = store.db.execute("SELECT id, source FROM rounds WHERE status IN ('versioned', 'failed') ORDER BY id")
         pending = pending.fetchall()
         if info is None and not pending:
@@ -171,7 +171,7 @@ def learn(cfg: DictConfig) -> None:
     """``hamdam learn``: run one cycle and print its result as JSON."""
     import sys
 
-    result = run_cycle(cfg)
+    result = run_cycle(cfg, parent_run_id=cfg.get("parent_run"))
     payload = {"round": None} if result is None else {
         "round": result.round, "records": result.records, "ppl_before": result.ppl_before,
         "ppl_after": result.ppl_after, "promoted": result.promoted, "model_dir": str(result.model_dir),

@@ -63,9 +63,9 @@ class RoundExporter:
             kept.append(record)
         return kept
 
-    def export(self) -> RoundInfo | None:
-        """Take the eligible turns into a new round; None when there is nothing to learn."""
-        turns = self.store.eligible(self.include_unrated)
+    def export(self, up_to: int | None = None) -> RoundInfo | None:
+        """Take the eligible turns (up to turn ``up_to``) into a new round; None when there are none."""
+        turns = self.store.eligible(self.include_unrated, up_to)
         if not turns:
             return None
         with self.store._tx() as db:

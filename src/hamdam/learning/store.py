@@ -121,7 +121,7 @@ class ChatStore:
             query, args = query + " WHERE session_id = ?", (session_id,)
         return self.db.execute(query, args).fetchone()[0]
 
-    def eligible(self, include_unrated: bool = True) -> list[StoredTurn]:
+    def eligible(self, include_unrated: bool = True, up_to: int | None = None) -> list[StoredTurn]:
         """Turns a round may learn from: not yet used, not /bad, not forgotten, not crisis.
 
         Only ordinary model turns qualify (not crisis, identity or withheld replies); an unrated
@@ -132,9 +132,10 @@ class ChatStore:
             SELECT t.id, t.session_id, t.message, t.reply, t.kind, t.lang, t.rating, t.fixed_reply
             FROM turns t JOIN sessions s ON s.id = t.session_id
             WHERE t.round_id IS NULL AND s.forgotten = 0 AND t.kind = 'model'
-              AND (t.rating IS NULL OR t.rating = 'good')
+              AND (t.rating IS NULL OR t.rating = 'good') AND t.id <= ?
             ORDER BY t.id
-            """
+            """,
+            (up_to if up_to is not None else 2**62,),
         ).fetchall()
         turns = [StoredTurn(*row) for row in rows]
         return [t for t in turns if include_unrated or t.rating == "good"]

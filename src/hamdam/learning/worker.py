@@ -22,6 +22,7 @@ class LearningWorker:
         self.log_file = Path(log_file)
         self.process: subprocess.Popen | None = None
         self.pending = False
+        self.up_to: int | None = None  # the last turn the requested round may take
         self.turns = 0
 
     @property
@@ -30,9 +31,10 @@ class LearningWorker:
 
     def _start(self) -> None:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        bound = [f"up_to_turn={self.up_to}"] if self.up_to is not None else []
         with open(self.log_file, "a", encoding="utf-8") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hamdam", "learn", *self.overrides],
+                [sys.executable, "-m", "hamdam", "learn", *self.overrides, *bound],
                 stdout=out,
                 stderr=out,
                 stdin=subprocess.DEVNULL,
@@ -40,15 +42,17 @@ class LearningWorker:
         self.pending = False
         log.info("learning round started in the background (pid %d)", self.process.pid)
 
-    def request(self) -> None:
-        """Ask for a cycle now (or as soon as the running one ends)."""
+    def request(self, up_to: int | None = None) -> None:
+        """Ask for a cycle over the turns up to ``up_to`` (all when None), now or when the running one ends."""
         self.pending = True
+        self.up_to = up_to
         self.poll()
 
-    def after_turn(self) -> None:
+    def after_turn(self, turn_id: int) -> None:
+        """Every ``every`` completed turns, a round over the turns so far."""
         self.turns += 1
         if self.turns % self.every == 0:
-            self.request()
+            self.request(up_to=turn_id)
         else:
             self.poll()
 
