@@ -24,20 +24,24 @@ def sh(args, cwd):
     return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def test_cycle_trains_from_the_champion_and_gates(tmp_path):
+def seed_workspace(root: Path) -> list[dict]:
+    """A git + DVC workspace whose data/ holds the sample corpus, and a small held-out file."""
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    sh([*git, "init", "-q"], tmp_path)
-    sh([DVC, "init", "-q"], tmp_path)
-    (tmp_path / "data" / "seed").mkdir(parents=True)
+    sh([*git, "init", "-q"], root)
+    sh([DVC, "init", "-q"], root)
+    (root / "data" / "seed").mkdir(parents=True)
     pairs = [d.to_record() for d in load_dialogues(SAMPLE)]
-    (tmp_path / "data" / "seed" / "a.jsonl").write_text(
-        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
-    )
-    sh([DVC, "add", "-q", "data"], tmp_path)
-    sh([*git, "add", "-A"], tmp_path)
-    sh([*git, "commit", "-qm", "seed"], tmp_path)
+    (root / "data" / "seed" / "a.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+    (root / "heldout.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs[:8]))
+    sh([DVC, "add", "-q", "data"], root)
+    sh([*git, "add", "-A"], root)
+    sh([*git, "commit", "-qm", "seed"], root)
+    return pairs
+
+
+def test_cycle_trains_from_the_champion_and_gates(tmp_path):
+    pairs = seed_workspace(tmp_path)
     heldout = tmp_path / "heldout.jsonl"
-    heldout.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs[:8]))
     tiny = ensure_tiny_gpt2([t for p in pairs for t in p.values()], str(tmp_path / "tiny"))
 
     common = [f"paths.root_dir={tmp_path}", f"paths.runs_dir={tmp_path / 'runs'}"]
@@ -82,18 +86,7 @@ def test_cycle_trains_from_the_champion_and_gates(tmp_path):
 def test_piped_learning_session_of_25_turns_makes_two_rounds(tmp_path):
     from conftest import run_hamdam
 
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    sh([*git, "init", "-q"], tmp_path)
-    sh([DVC, "init", "-q"], tmp_path)
-    (tmp_path / "data" / "seed").mkdir(parents=True)
-    pairs = [d.to_record() for d in load_dialogues(SAMPLE)]
-    (tmp_path / "data" / "seed" / "a.jsonl").write_text(
-        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
-    )
-    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs[:8]))
-    sh([DVC, "add", "-q", "data"], tmp_path)
-    sh([*git, "add", "-A"], tmp_path)
-    sh([*git, "commit", "-qm", "seed"], tmp_path)
+    seed_workspace(tmp_path)
     trained = run_hamdam(
         [
             "train",

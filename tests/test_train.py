@@ -186,26 +186,20 @@ def test_disabling_safety_is_recorded_in_the_mlflow_run(compose_cfg, tmp_path):
 
 
 def test_init_from_continues_an_exported_adapter(compose_cfg, tmp_path, tiny_gpt2_dir):
+    def continue_from(model_dir, steps, out):
+        overrides = [f"data.path={SAMPLE}", "~logger", f"init_from={model_dir}", f"trainer.max_steps={steps}"]
+        train(compose_cfg(*overrides, f"export_dir={out}", "callbacks.rich_progress_bar=null"))
+
     train(compose_cfg(*smoke(tiny_gpt2_dir), "~logger", f"export_dir={tmp_path / 'a'}"))
     first = load_file(tmp_path / "a" / "adapter_model.safetensors")
     # Zero steps: the continued model is exactly the one it started from.
-    train(
-        compose_cfg(
-            f"data.path={SAMPLE}", "~logger", f"init_from={tmp_path / 'a'}", "trainer.max_steps=0",
-            f"export_dir={tmp_path / 'b'}", "callbacks.rich_progress_bar=null",
-        )
-    )  # fmt: skip
+    continue_from(tmp_path / "a", steps=0, out=tmp_path / "b")
     same = load_file(tmp_path / "b" / "adapter_model.safetensors")
     assert first.keys() == same.keys() and all(torch.equal(first[k], same[k]) for k in first)
     meta_a = json.loads((tmp_path / "a" / "hamdam.json").read_text())
     meta_b = json.loads((tmp_path / "b" / "hamdam.json").read_text())
     assert meta_b["backbone"] == meta_a["backbone"] and meta_b["markers"] == meta_a["markers"]
     # Some steps: it moves on from there.
-    train(
-        compose_cfg(
-            f"data.path={SAMPLE}", "~logger", f"init_from={tmp_path / 'a'}", "trainer.max_steps=2",
-            f"export_dir={tmp_path / 'c'}", "callbacks.rich_progress_bar=null",
-        )
-    )  # fmt: skip
+    continue_from(tmp_path / "a", steps=2, out=tmp_path / "c")
     moved = load_file(tmp_path / "c" / "adapter_model.safetensors")
     assert any(not torch.equal(first[k], moved[k]) for k in first)
