@@ -54,6 +54,7 @@ def ensure_tiny_gpt2(
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; a model directory is shared like any other
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
