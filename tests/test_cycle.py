@@ -81,6 +81,17 @@ def test_cycle_trains_from_the_champion_and_gates(tmp_path):
         assert rejected.round == 2 and not rejected.promoted
         assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
 
+        # A retrain that fails: its MLflow run is FAILED, and its round is trained in the next cycle.
+        store = ChatStore(tmp_path / "chats.db")
+        store.add_turn(store.start_session("r2"), "شب بخیر بابا", "شب بخیر پسرم، خوب بخوابی.", "model", "fa")
+        store.close()
+        with pytest.raises(ValueError, match="learning rate"):
+            run_cycle(compose("learn", [*learn, "learning.train_overrides=['model.optimizer.lr=-1']"]))
+        failed = [r for r in client.search_runs([run.info.experiment_id]) if r.data.tags.get("hamdam.round") == "3"]
+        assert [r.info.status for r in failed] == ["FAILED"] and "learning rate" in failed[0].data.tags["hamdam.error"]
+        retried = run_cycle(compose("learn", [*learn, "learning.tolerance=100"]))
+        assert retried.round == 3 and retried.records == 1 and retried.promoted
+
 
 @pytest.mark.slow
 def test_piped_learning_session_of_25_turns_makes_two_rounds(tmp_path):
