@@ -68,7 +68,7 @@ class RoundExporter:
         turns = self.store.eligible(self.include_unrated, up_to)
         if not turns:
             return None
-        with self.store._tx() as db:
+        with self.store.transaction() as db:
             number = (db.execute("SELECT COALESCE(MAX(id), 0) FROM rounds").fetchone()[0]) + 1
             source = f"rounds/{number:04d}.jsonl"
             db.execute(
@@ -95,7 +95,7 @@ class RoundExporter:
         write_atomic_text(self.root / "data" / source, text)
         md5 = self._dvc_add()
         commit = self._git_commit(f"data: learning round {number} ({len(records)} records)")
-        with self.store._tx() as db:
+        with self.store.transaction() as db:
             db.execute(
                 "UPDATE rounds SET records = ?, status = 'versioned', data_md5 = ?, git_commit = ? WHERE id = ?",
                 (len(records), md5, commit, number),

@@ -79,7 +79,8 @@ class ChatStore:
         self.db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One committed (or, on error, rolled-back) write transaction."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -89,13 +90,13 @@ class ChatStore:
         self.db.execute("COMMIT")
 
     def start_session(self, model_dir: str | None) -> int:
-        with self._tx() as db:
+        with self.transaction() as db:
             return db.execute(
                 "INSERT INTO sessions(started_at, model_dir) VALUES (?, ?)", (_now(), model_dir)
             ).lastrowid
 
     def add_turn(self, session_id: int, message: str, reply: str, kind: str, lang: str) -> int:
-        with self._tx() as db:
+        with self.transaction() as db:
             return db.execute(
                 "INSERT INTO turns(session_id, created_at, message, reply, kind, lang) VALUES (?, ?, ?, ?, ?, ?)",
                 (session_id, _now(), message, reply, kind, lang),
@@ -104,15 +105,15 @@ class ChatStore:
     def rate(self, turn_id: int, rating: str) -> None:
         if rating not in ("good", "bad"):
             raise ValueError(f"rating must be good or bad, got {rating!r}")
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("UPDATE turns SET rating = ? WHERE id = ?", (rating, turn_id))
 
     def fix(self, turn_id: int, better_reply: str) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("UPDATE turns SET fixed_reply = ?, rating = 'good' WHERE id = ?", (better_reply, turn_id))
 
     def forget_session(self, session_id: int) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("UPDATE sessions SET forgotten = 1 WHERE id = ?", (session_id,))
 
     def completed_turns(self, session_id: int | None = None) -> int:
