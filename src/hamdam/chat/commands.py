@@ -26,6 +26,7 @@ class FeedbackState:
     serving: Path | None = None  # the model directory being served
     runs_dir: Path | None = None
     parent_run: str | None = None  # this session's MLflow run
+    quantization: str | None = None  # how the served model's base is loaded (chat's setting)
 
 
 def handle(line: str, state: FeedbackState) -> str | None:

@@ -18,7 +18,7 @@ from hamdam.chat.engine import ChatEngine, Conversation
 from hamdam.learning.cycle import champion_dir
 from hamdam.learning.store import ChatStore
 from hamdam.learning.worker import LearningWorker
-from hamdam.models.export import load_exported
+from hamdam.models.export import Exported, load_exported
 from hamdam.safety.guard import SafetyGuard
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,18 @@ def model_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.model_dir) if cfg.get("model_dir") else champion_dir(Path(cfg.paths.runs_dir))
 
 
-def build_engine(cfg: DictConfig, model_dir: Path) -> ChatEngine:
-    hf_logging.disable_progress_bar()  # keep the chat's terminal (and stderr of scripts) clean
-    exported = load_exported(model_dir, quantization=cfg.get("quantization"))
+def load_for_chat(model_dir: Path, quantization: str | None) -> Exported:
+    """An exported model ready to generate, on the GPU when there is one (an adapter's base is placed
+    by its loader)."""
+    exported = load_exported(model_dir, quantization=quantization)
     if torch.cuda.is_available() and exported.meta["kind"] == "full":
         exported.model.to("cuda")
+    return exported
+
+
+def build_engine(cfg: DictConfig, model_dir: Path) -> ChatEngine:
+    hf_logging.disable_progress_bar()  # keep the chat's terminal (and stderr of scripts) clean
+    exported = load_for_chat(model_dir, cfg.get("quantization"))
     generation: GenerationConfig = instantiate(cfg.generation)
     guard: SafetyGuard = instantiate(cfg.safety)
     log.info("Chatting with %s", model_dir)
@@ -91,7 +98,13 @@ def start_learning(cfg: DictConfig, model_dir: Path) -> FeedbackState:
         overrides.append(f"parent_run={parent}")
     worker = LearningWorker(cfg.learning.every, overrides, runs_dir / "rounds" / "learn.log")
     state = FeedbackState(
-        store, store.start_session(str(model_dir.resolve())), None, worker, model_dir, runs_dir, parent
+        store,
+        store.start_session(str(model_dir.resolve())),
+        worker=worker,
+        serving=model_dir,
+        runs_dir=runs_dir,
+        parent_run=parent,
+        quantization=cfg.get("quantization"),
     )
     if store.db.execute("SELECT 1 FROM rounds WHERE status IN ('exporting', 'versioned', 'failed')").fetchone():
         worker.request()  # a round was cut short (or failed) last time: finish it now
@@ -105,7 +118,7 @@ def between_turns(engine: ChatEngine, feedback: FeedbackState) -> None:
     feedback.worker.poll()
     champion = champion_dir(feedback.runs_dir)
     if champion.resolve() != feedback.serving.resolve():
-        exported = load_exported(champion)
+        exported = load_for_chat(champion, feedback.quantization)
         engine.model, engine.chat_format = exported.model, exported.chat_format
         feedback.serving = champion
         log.info("now serving the promoted model %s", champion)

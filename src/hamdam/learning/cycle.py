@@ -27,7 +27,7 @@ from hamdam.evaluation.evaluate import perplexity
 from hamdam.io import write_atomic_text
 from hamdam.learning.rounds import RoundExporter
 from hamdam.learning.store import ChatStore
-from hamdam.models.export import load_exported, read_latest
+from hamdam.models.export import load_exported, read_latest, write_pointer
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,7 @@ def run_cycle(cfg: DictConfig, parent_run_id: str | None = None) -> CycleResult 
             ("promoted" if promoted else "rejected",),
         )
         if promoted:
-            write_atomic_text(
-                runs_dir / CHAMPION_FILE,
-                json.dumps({"model_dir": str((work / "model").resolve()), "round": number}, indent=2) + "\n",
-            )
+            write_pointer(runs_dir / CHAMPION_FILE, work / "model", {"round": number})
         log.info(
             "round %d: held-out perplexity %.2f -> %.2f, %s",
             number,

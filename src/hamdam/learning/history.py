@@ -19,6 +19,7 @@ from hamdam.errors import HamdamError
 from hamdam.io import write_atomic_text
 from hamdam.learning.cycle import CHAMPION_FILE
 from hamdam.learning.store import ChatStore
+from hamdam.models.export import write_pointer
 
 
 def _mlflow_runs(tracking_uri: str) -> dict[str, tuple[str, str]]:
@@ -87,8 +88,7 @@ def rollback(cfg: DictConfig) -> None:
         repo.checkout(targets=[str(root / "data.dvc")], force=True)
     model_dir = Path(cfg.paths.runs_dir) / "rounds" / f"{number:04d}" / "model"
     if model_dir.is_dir():
-        payload = {"model_dir": str(model_dir.resolve()), "round": number, "rollback": True}
-        write_atomic_text(Path(cfg.paths.runs_dir) / CHAMPION_FILE, json.dumps(payload, indent=2) + "\n")
+        write_pointer(Path(cfg.paths.runs_dir) / CHAMPION_FILE, model_dir, {"round": number, "rollback": True})
     sys.stdout.write(
         f"data/ is round {number}'s version ({md5}); serving {model_dir if model_dir.is_dir() else 'unchanged'}\n"
     )

@@ -119,10 +119,15 @@ def load_exported(model_dir: str | Path, quantization: str | None = None, traina
     return Exported(model=model, chat_format=chat_format, meta=meta)
 
 
-def write_latest(runs_dir: Path, model_dir: Path, info: dict[str, Any]) -> None:
-    """Point ``hamdam chat`` at ``model_dir``; replaced atomically so a reader never sees half a file."""
+def write_pointer(pointer: Path, model_dir: Path, info: dict[str, Any]) -> None:
+    """Point a reader at ``model_dir``; replaced atomically so a reader never sees half a file."""
     payload = {"model_dir": str(Path(model_dir).resolve()), **info}
-    write_atomic_text(Path(runs_dir) / LATEST_FILE, json.dumps(payload, ensure_ascii=False, indent=2))
+    write_atomic_text(Path(pointer), json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+
+
+def write_latest(runs_dir: Path, model_dir: Path, info: dict[str, Any]) -> None:
+    """Point ``hamdam chat`` at the model the latest training wrote."""
+    write_pointer(Path(runs_dir) / LATEST_FILE, model_dir, info)
 
 
 def read_latest(runs_dir: Path) -> Path:
