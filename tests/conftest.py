@@ -79,10 +79,13 @@ def write_records(path: Path, records: list) -> Path:
     return path
 
 
+def hamdam_command(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The installed ``hamdam`` command line and its environment (offline, unbuffered)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return [str(Path(sys.executable).with_name("hamdam")), *args], env
+
+
 def run_hamdam(args: list[str], cwd: Path, stdin: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the installed ``hamdam`` command as a user would."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    exe = Path(sys.executable).with_name("hamdam")
-    return subprocess.run(
-        [str(exe), *args], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=timeout, env=env
-    )
+    command, env = hamdam_command(args)
+    return subprocess.run(command, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=timeout, env=env)

@@ -1,8 +1,12 @@
 """A learning cycle end to end on a tiny model: round -> incremental retrain -> gate -> champion."""
 
 import json
+import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,4 +151,67 @@ def test_piped_learning_session_of_25_turns_makes_two_rounds(tmp_path):
     assert (tmp_path / "data" / "rounds" / "0001.jsonl").is_file()
     assert not (tmp_path / "data" / "rounds" / "0002.jsonl").exists()
     assert json.loads(sh([DVC, "status", "data.dvc", "--json"], tmp_path)) == {}
+    assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
+
+
+def _round_runs(db: Path) -> list[str]:
+    """Statuses of the MLflow runs of learning rounds, read straight from the tracking database."""
+    with sqlite3.connect(db) as con:
+        return [
+            status
+            for (status,) in con.execute(
+                "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid WHERE t.key = 'hamdam.round'"
+            )
+        ]
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_middle_of_a_round_loses_no_turn_and_the_restart_redoes_it(tmp_path):
+    from conftest import hamdam_command, run_hamdam
+
+    seed_workspace(tmp_path)
+    trained = run_hamdam(
+        ["train", "experiment=smoke", f"data.path={SAMPLE}", "trainer.max_epochs=1", "callbacks.rich_progress_bar=null"],
+        tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    learning = [
+        "learning.every=3", f"learning.heldout={tmp_path / 'heldout.jsonl'}", "learning.tolerance=100",
+        "learning.quality.min_script_ratio=0",
+    ]  # fmt: skip
+
+    # A chat whose third turn starts a round that trains for a long time (200 epochs) ...
+    chat, env = hamdam_command(["chat", "--learn", *learning, "learning.epochs=200"])
+    process = subprocess.Popen(
+        chat, cwd=tmp_path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    for i in range(3):
+        process.stdin.write(f"پیام {i} برای مامان\n")
+        process.stdin.flush()
+        assert process.stdout.readline()
+    deadline = time.monotonic() + 300
+    while "RUNNING" not in (_round_runs(tmp_path / "mlflow.db") if (tmp_path / "mlflow.db").exists() else []):
+        assert time.monotonic() < deadline and process.poll() is None, "the round never started training"
+        time.sleep(0.5)
+    # ... is killed mid-training together with its round process, as a power cut would.
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+    store = ChatStore(tmp_path / "chats.db")
+    assert store.db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 3
+    assert store.db.execute("SELECT status FROM rounds").fetchall() == [("versioned",)]
+    store.close()
+
+    # Starting the chat again finishes round 1 first; the new session's turn is kept for later rounds.
+    again = run_hamdam(["chat", "--learn", *learning, "learning.epochs=1"], tmp_path, stdin="پیام ۴\n")
+    assert again.returncode == 0, again.stderr[-3000:]
+    store = ChatStore(tmp_path / "chats.db")
+    assert store.db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 4
+    assert store.db.execute("SELECT id, status, records FROM rounds").fetchall() == [(1, "promoted", 3)]
+    assert store.db.execute("SELECT COUNT(*) FROM turns WHERE round_id IS NULL").fetchone()[0] == 1
+    store.close()
+    assert sorted(_round_runs(tmp_path / "mlflow.db")) == ["FINISHED", "KILLED"]
+    table = json.loads(run_hamdam(["rounds", "--json"], tmp_path).stdout)
+    assert table[0]["status"] == "promoted" and table[0]["ppl_after"] > 0 and table[0]["mlflow_run"]
     assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()

@@ -107,7 +107,10 @@ def start_learning(cfg: DictConfig, model_dir: Path) -> FeedbackState:
         quantization=cfg.get("quantization"),
     )
     if store.db.execute("SELECT 1 FROM rounds WHERE status IN ('exporting', 'versioned', 'failed')").fetchone():
-        worker.request()  # a round was cut short (or failed) last time: finish it now
+        # A round was cut short (killed) or failed last time: finish it now, over the turns stored
+        # before this session, so this session's own turns count towards its own rounds.
+        last = store.db.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
+        worker.request(up_to=last)
     return state
 
 

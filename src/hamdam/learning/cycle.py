@@ -6,6 +6,9 @@
   ``learning.tolerance`` (relative). Promotion moves the ``champion`` pointer that ``hamdam chat``
   serves and the MLflow registered-model alias ``champion``.
 - A failed retrain leaves its round ``failed``; its records are trained on in the next cycle.
+- One cycle at a time per workspace (a file lock): a round left running by a chat that was killed
+  and the round a restarted chat asks for never train side by side. A cycle killed mid-training
+  leaves its round ``versioned``; the next cycle marks the dead MLflow run KILLED and trains it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from hydra import compose
 from omegaconf import DictConfig, open_dict
 
@@ -67,6 +71,13 @@ def heldout_perplexity(model_dir: Path, heldout: list, batch_size: int = 16) -> 
 
 def run_cycle(cfg: DictConfig, parent_run_id: str | None = None) -> CycleResult | None:
     """Export the pending turns as a round and train on it; None when there is nothing to learn."""
+    runs_dir = Path(cfg.paths.runs_dir)
+    (runs_dir / "rounds").mkdir(parents=True, exist_ok=True)
+    with FileLock(runs_dir / "rounds" / "learn.lock"):
+        return _cycle(cfg, parent_run_id)
+
+
+def _cycle(cfg: DictConfig, parent_run_id: str | None) -> CycleResult | None:
     learning = cfg.learning
     root, runs_dir = Path(cfg.paths.root_dir), Path(cfg.paths.runs_dir)
     store = ChatStore(learning.store)
@@ -112,6 +123,7 @@ def run_cycle(cfg: DictConfig, parent_run_id: str | None = None) -> CycleResult 
             }
         from hamdam.training.run import train
 
+        _close_dead_runs(train_cfg.logger.get("tracking_uri"), number)
         try:
             train(train_cfg)
         except Exception:
@@ -136,6 +148,23 @@ def run_cycle(cfg: DictConfig, parent_run_id: str | None = None) -> CycleResult 
         return CycleResult(number, len(records), before, after, promoted, work / "model", run_id)
     finally:
         store.close()
+
+
+def _close_dead_runs(tracking_uri: str | None, number: int) -> None:
+    """Runs of this round still RUNNING belong to a cycle that was killed (we hold the lock): KILLED."""
+    if not tracking_uri:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return
+    query = f"tags.`hamdam.round` = '{number}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs(experiments, query):
+        client.set_tag(run.info.run_id, "hamdam.error", "the learning cycle was killed; the round was trained again")
+        client.set_terminated(run.info.run_id, "KILLED")
+        log.warning("round %d: MLflow run %s was left running by a killed cycle; marked KILLED", number, run.info.run_id)
 
 
 def _record(cfg, model_dir, number, records, replay, before, after, promoted, info) -> str | None:

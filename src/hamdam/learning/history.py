@@ -22,16 +22,27 @@ from hamdam.learning.store import ChatStore
 from hamdam.models.export import write_pointer
 
 
-def _mlflow_runs(tracking_uri: str) -> dict[str, tuple[str, str]]:
-    """round number -> (run id, promoted tag)."""
+def _mlflow_runs(tracking_uri: str) -> dict[str, dict]:
+    """round number -> its finished run: id and held-out perplexity before and after."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return {}
-    runs = client.search_runs(experiments, "tags.`hamdam.round` != ''")
-    return {r.data.tags["hamdam.round"]: (r.info.run_id, r.data.tags.get("hamdam.promoted", "")) for r in runs}
+    query = "tags.`hamdam.round` != '' and attributes.status = 'FINISHED'"
+    return {
+        r.data.tags["hamdam.round"]: {
+            "mlflow_run": r.info.run_id,
+            "ppl_before": r.data.metrics.get("heldout/ppl_before"),
+            "ppl_after": r.data.metrics.get("heldout/ppl_after"),
+        }
+        for r in client.search_runs(experiments, query)
+    }
+
+
+def _ppl(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def rounds(cfg: DictConfig) -> list[dict]:
@@ -43,21 +54,24 @@ def rounds(cfg: DictConfig) -> list[dict]:
     finally:
         store.close()
     runs = _mlflow_runs(cfg.tracking_uri)
-    table = []
-    for number, source, records, status, md5, commit in rows:
-        run_id, _ = runs.get(str(number), (None, ""))
-        table.append(
-            {"round": number, "source": source, "records": records, "status": status,
-             "data_md5": md5, "git_commit": commit, "mlflow_run": run_id}
-        )  # fmt: skip
+    none = {"mlflow_run": None, "ppl_before": None, "ppl_after": None}
+    table = [
+        {"round": number, "source": source, "records": records, "status": status, "data_md5": md5,
+         "git_commit": commit, **runs.get(str(number), none)}
+        for number, source, records, status, md5, commit in rows
+    ]  # fmt: skip
     if cfg.json:
         sys.stdout.write(json.dumps(table) + "\n")
     else:
-        sys.stdout.write(f"{'round':>5}  {'records':>7}  {'status':<9} {'data.dvc md5':<36} {'git':<8} mlflow run\n")
+        sys.stdout.write(
+            f"{'round':>5}  {'records':>7}  {'status':<9} {'ppl before':>10} {'ppl after':>10}  "
+            f"{'data.dvc md5':<36} {'git':<8} mlflow run\n"
+        )
         for r in table:
             sys.stdout.write(
-                f"{r['round']:>5}  {r['records']:>7}  {r['status']:<9} {r['data_md5'] or '-':<36} "
-                f"{(r['git_commit'] or '-')[:8]:<8} {r['mlflow_run'] or '-'}\n"
+                f"{r['round']:>5}  {r['records']:>7}  {r['status']:<9} {_ppl(r['ppl_before']):>10} "
+                f"{_ppl(r['ppl_after']):>10}  {r['data_md5'] or '-':<36} {(r['git_commit'] or '-')[:8]:<8} "
+                f"{r['mlflow_run'] or '-'}\n"
             )
     return table
 

@@ -9,7 +9,8 @@ import lightning as L
 
 
 class TokenThroughput(L.Callback):
-    """Logs ``train/tokens_per_sec``: non-pad tokens processed per second of training step."""
+    """Logs ``train/tokens_per_sec`` (non-pad tokens per second of training step) and
+    ``train/step_seconds`` (the wall time of each step, for comparing runs and machines)."""
 
     def __init__(self) -> None:
         self._start = 0.0
@@ -26,3 +27,4 @@ class TokenThroughput(L.Callback):
         tokens = int(batch["attention_mask"].sum())
         if elapsed > 0:
             pl_module.log("train/tokens_per_sec", tokens / elapsed, on_step=True, on_epoch=False, batch_size=1)
+            pl_module.log("train/step_seconds", elapsed, on_step=True, on_epoch=False, batch_size=1)
