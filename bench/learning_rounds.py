@@ -83,7 +83,9 @@ def step_seconds(tracking_uri: str, model_dir: Path) -> float:
 
     from hamdam.evaluation.evaluate import training_run_id
 
-    history = MlflowClient(tracking_uri).get_metric_history(training_run_id(tracking_uri, model_dir), "train/step_seconds")
+    history = MlflowClient(tracking_uri).get_metric_history(
+        training_run_id(tracking_uri, model_dir), "train/step_seconds"
+    )
     values = [m.value for m in sorted(history, key=lambda m: m.step)]
     return statistics.median(values[1:] or values)
 
@@ -160,7 +162,9 @@ def main() -> None:
         round_latency = time.perf_counter() - started
         feedback.worker.finish()
         feedback.store.close()
-        chat_turns = [{"instruction": x.message, "response": x.reply.text} for x in conversation.exchanges[: args.turns]]
+        chat_turns = [
+            {"instruction": x.message, "response": x.reply.text} for x in conversation.exchanges[: args.turns]
+        ]
 
         # The seed's way: everything, LoRA from scratch on the base weights, 2 epochs, chat blocked.
         everything = root / "seed_retrain.jsonl"
@@ -170,7 +174,8 @@ def main() -> None:
             out.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in chat_turns)
         full = compose("train", [*model, *quiet, f"paths.output_dir={root / 'runs' / 'seed'}",
                                  f"data.path={everything}", "data.val_fraction=0.01", "trainer.max_epochs=1",
-                                 f"trainer.limit_train_batches={args.seed_steps}", "trainer.log_every_n_steps=1"])  # fmt: skip
+                                 f"trainer.limit_train_batches={args.seed_steps}",
+                                 "trainer.log_every_n_steps=1"])  # fmt: skip
         wall = time.perf_counter()
         train(full)
         measured_wall = time.perf_counter() - wall

@@ -171,7 +171,13 @@ def test_sigkill_in_the_middle_of_a_round_loses_no_turn_and_the_restart_redoes_i
 
     seed_workspace(tmp_path)
     trained = run_hamdam(
-        ["train", "experiment=smoke", f"data.path={SAMPLE}", "trainer.max_epochs=1", "callbacks.rich_progress_bar=null"],
+        [
+            "train",
+            "experiment=smoke",
+            f"data.path={SAMPLE}",
+            "trainer.max_epochs=1",
+            "callbacks.rich_progress_bar=null",
+        ],
         tmp_path,
     )
     assert trained.returncode == 0, trained.stderr[-2000:]

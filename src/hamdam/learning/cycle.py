@@ -164,7 +164,9 @@ def _close_dead_runs(tracking_uri: str | None, number: int) -> None:
     for run in client.search_runs(experiments, query):
         client.set_tag(run.info.run_id, "hamdam.error", "the learning cycle was killed; the round was trained again")
         client.set_terminated(run.info.run_id, "KILLED")
-        log.warning("round %d: MLflow run %s was left running by a killed cycle; marked KILLED", number, run.info.run_id)
+        log.warning(
+            "round %d: MLflow run %s was left running by a killed cycle; marked KILLED", number, run.info.run_id
+        )
 
 
 def _record(cfg, model_dir, number, records, replay, before, after, promoted, info) -> str | None:
