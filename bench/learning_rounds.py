@@ -131,15 +131,19 @@ def main() -> None:
                                  f"data.path={REPO / 'corpus' / 'sample_fa.json'}", "trainer.max_epochs=1",
                                  "trainer.limit_train_batches=2"])  # fmt: skip
         train(base)
+        # Promotion is forced (tolerance) and the random-weight model's replies are learned: this
+        # measures latency, not whether the round helps.
+        learning = [f"learning.heldout={REPO / 'corpus' / 'eval_fa.jsonl'}", "learning.tolerance=100",
+                    "learning.quality.min_script_ratio=0"]  # fmt: skip
         chat_cfg = compose("chat", [
-            *common, "learning.enabled=true", f"learning.every={args.turns}", "learning.tolerance=100",
-            "learning.quality.min_script_ratio=0", f"generation.max_new_tokens={args.max_new_tokens}",
-            f"generation.min_new_tokens={args.max_new_tokens}", "seed=0",
+            *common, *learning, "learning.enabled=true", f"learning.every={args.turns}",
+            f"generation.max_new_tokens={args.max_new_tokens}", f"generation.min_new_tokens={args.max_new_tokens}",
+            "seed=0",
         ])  # fmt: skip
         served = root / "runs" / "base" / "model"
         engine = build_engine(chat_cfg, served)
         feedback: FeedbackState = start_learning(chat_cfg, served)
-        feedback.worker.overrides += ["learning.quality.min_script_ratio=0", "learning.tolerance=100"]
+        feedback.worker.overrides += learning
         conversation = Conversation()
 
         def reply(index: int) -> float:

@@ -88,3 +88,15 @@ def test_normalization_rules():
     assert normalize_text("  a \t b\r\nc  ") == "a b\nc"
     assert normalize_text("我想你") == "我想你"
     assert normalize_text("123 و ۴۵۶") == "123 و ۴۵۶"
+
+
+def test_the_fast_path_of_normalization_changes_nothing_the_full_one_would():
+    import random
+
+    from hamdam.data.normalize import _normalize_all
+
+    pool = list("你好吗ab1 \t\n\r\u3000\u00a0\u200c\u200bيكسلام٣\ufeb1\u0640.，") + ["  "]
+    rng = random.Random(0)
+    for _ in range(5000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 8)))
+        assert normalize_text(text) == _normalize_all(text), repr(text)

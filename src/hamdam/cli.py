@@ -68,7 +68,8 @@ def run(command: str, argv: list[str] | None = None) -> None:
         flags = FLAGS.get(command, {})
         if command in POSITIONAL and argv and "=" not in argv[0] and not argv[0].startswith("-"):
             argv = [f"{POSITIONAL[command]}={argv[0]}", *argv[1:]]
-        sys.argv = [f"hamdam {command}", *(flags.get(a, a) for a in argv)]
+        argv = [_drop_group(flags.get(a, a)) for a in argv]
+        sys.argv = [f"hamdam {command}", *argv]
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def _app(cfg: DictConfig) -> Any:
@@ -82,6 +83,14 @@ def run(command: str, argv: list[str] | None = None) -> None:
             sys.exit(2)
 
     _app()
+
+
+def _drop_group(arg: str) -> str:
+    """``logger=null`` drops the config group (Hydra itself only accepts ``~logger`` for that)."""
+    key, sep, value = arg.partition("=")
+    if sep and value == "null" and (config_dir() / key).is_dir():
+        return f"~{key}"
+    return arg
 
 
 def find_user_error(err: BaseException) -> HamdamError | None:

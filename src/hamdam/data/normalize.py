@@ -39,10 +39,20 @@ _ZWNJ_EDGE = re.compile(rf"(^|[^\w]){ZWNJ}|{ZWNJ}($|[^\w])")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _NEWLINES = re.compile(r"\r\n?|\u2028|\u2029")
 _BLANK_LINES = re.compile(r"\n\s*\n\s*\n+")
+# Anything one of the steps below could change; text without it (most Chinese and English lines)
+# is returned as it is, which keeps a 500,000-dialogue corpus fast to read.
+_MAY_CHANGE = re.compile(
+    "[\u0600-\u06ff\ufb50-\ufdff\ufe70-\ufeff\u200b-\u200d\r\n\t\u00a0\u2000-\u200a\u2028\u2029"
+    "\u202f\u205f\u3000]|  |^\\s|\\s$"
+)
 
 
 def normalize_text(text: str) -> str:
     """Return ``text`` in the one spelling hamdam trains and matches on (see module docstring)."""
+    return text if not _MAY_CHANGE.search(text) else _normalize_all(text)
+
+
+def _normalize_all(text: str) -> str:
     text = _PRESENTATION.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
     text = text.translate(_LETTERS)
     text = _NEWLINES.sub("\n", text)

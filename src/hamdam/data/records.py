@@ -1,4 +1,5 @@
-"""Dialogue records: the seed's ``dataset.json``, JSONL of the same, and multi-turn records.
+"""Dialogue records: the seed's ``dataset.json``, JSONL of the same, and multi-turn records
+(``.conv`` corpora are read by ``hamdam.data.conv``).
 
 Accepted record shapes (one per JSON array element or JSONL line)::
 
@@ -152,8 +153,13 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
 
 
 def load_dialogues(path: str | Path) -> list[Dialogue]:
-    """Read a ``.json`` array or ``.jsonl`` file of records; every record is validated."""
-    dialogues = [parse_record(value, where) for where, value in iter_records(path)]
+    """Read a ``.json`` array or ``.jsonl`` file of records (every record validated), or a ``.conv`` corpus."""
+    if Path(path).suffix == ".conv":
+        from hamdam.data.conv import ConvReader  # conv builds on this module
+
+        dialogues = list(ConvReader().read(path))
+    else:
+        dialogues = [parse_record(value, where) for where, value in iter_records(path)]
     if not dialogues:
         raise DataError(f"Data file '{path}' holds no records. Add dialogue records and run again.")
     return dialogues

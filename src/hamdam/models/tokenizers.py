@@ -8,10 +8,11 @@ and the pad token set.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from hamdam.data.chat_format import RoleMarkers
@@ -54,6 +55,43 @@ def train_bpe_tokenizer(
         additional_special_tokens=[markers.user, markers.assistant],
     )
     log.info("Trained a byte-level BPE tokenizer: %d tokens (asked for at most %d)", len(tokenizer), vocab_size)
+    return tokenizer
+
+
+def char_level_tokenizer(
+    texts: Iterable[str],
+    markers: RoleMarkers,
+    vocab_size: int = 10_000,
+    min_frequency: int = 1,
+    unk: str = "<unk>",
+) -> PreTrainedTokenizerBase:
+    """One token per character, the ``vocab_size`` most frequent ones: the usual choice for Chinese,
+    where a character is a morpheme. Markers at ids 0-3, ``unk`` at 4 for the rare characters left out."""
+    specials = [markers.pad, markers.user, markers.assistant, markers.end, unk]
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text)
+    ranked = sorted((c for c, n in counts.items() if n >= min_frequency), key=lambda c: (-counts[c], c))
+    chars = ranked[: max(0, vocab_size - len(specials))]
+    vocab = {token: i for i, token in enumerate([*specials, *chars])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=markers.pad,
+        eos_token=markers.end,
+        unk_token=unk,
+        additional_special_tokens=[markers.user, markers.assistant],
+    )
+    covered = sum(counts[c] for c in chars) / max(1, sum(counts.values()))
+    log.info(
+        "Character-level tokenizer: %d tokens (at most %d), covering %.2f%% of the characters seen",
+        len(tokenizer),
+        vocab_size,
+        100 * covered,
+    )
     return tokenizer
 
 
