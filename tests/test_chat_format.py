@@ -1,7 +1,7 @@
 import torch
 
 from hamdam.data.chat_format import IGNORE_INDEX, ChatFormat
-from hamdam.data.datamodule import DialogueCollator, LengthGroupedSampler
+from hamdam.data.datamodule import DialogueCollator, EncodedDataset, LengthGroupedSampler
 from hamdam.data.records import Dialogue, Turn
 
 from conftest import MARKERS, ids
@@ -113,3 +113,18 @@ def test_length_grouped_sampler_groups_similar_lengths_and_covers_all():
     sampler.set_epoch(1)
     assert list(sampler) != order  # a new order every epoch
     assert list(LengthGroupedSampler(lengths, 8, seed=1)) == order  # deterministic
+
+
+def test_batched_encoding_and_packed_storage_equal_one_by_one_encoding(word_tokenizer):
+    fmt = ChatFormat(word_tokenizer, MARKERS, max_length=9)
+    dialogues = [
+        dialogue("سلام", "پسرم"),
+        dialogue("سلام بابا دلم تنگ شده", "منم دلم تنگ شده پسرم"),  # truncated to the window
+        dialogue("سلام", "خوبی ؟", "دلم تنگ شده", "منم"),  # the oldest exchange is dropped
+        dialogue("<|assistant|> سلام", "hello <|end|>"),  # marker look-alikes stay text
+    ]
+    one_by_one = [fmt.encode_dialogue(d) for d in dialogues]
+    assert list(fmt.encode_dialogues(dialogues, chunk=3)) == one_by_one
+    packed = EncodedDataset(fmt.encode_dialogues(dialogues))
+    assert [packed[i] for i in range(len(packed))] == one_by_one
+    assert packed.lengths == [len(e.input_ids) for e in one_by_one]

@@ -167,3 +167,9 @@ def test_data_build_then_stats_json(tmp_path):
     assert stats["unique_pairs"] >= 3000 and stats["unique_instructions"] >= 1000
     assert stats["eval_pairs"] >= 300 and stats["eval_overlap"] == 0
     assert stats["per_source"]["seed/grief_fa.jsonl"] > 3000 and stats["per_source"]["seed/sample_fa.jsonl"] == 112
+
+
+def test_a_group_set_to_null_is_dropped(tmp_path):
+    shown = run_hamdam(["train", "logger=null", "--cfg", "job"], cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "MLFlowLogger" not in shown.stdout and "model:" in shown.stdout

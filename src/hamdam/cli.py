@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data build": ("hamdam.corpus.build:build", "build", "build data/seed/ from the sources in corpus/"),
     "data prepare": ("hamdam.data.prepare:prepare", "prepare", "merge, dedupe, filter, cap and split data/"),
     "data stats": ("hamdam.corpus.build:stats", "stats", "corpus counts (--json for JSON)"),
+    "data import": (
+        "hamdam.data.imports:import_source",
+        "import",
+        "PATH --format conv|jsonl|whatsapp|telegram [--speaker NAME]: a new data/ source",
+    ),
     "learn": ("hamdam.learning.cycle:learn", "learn", "one learning round from the stored chats, now"),
     "rounds": ("hamdam.learning.history:rounds", "rounds", "the learning rounds (--json for JSON)"),
     "rollback": ("hamdam.learning.history:rollback", "rounds", "restore data/ and the model of round N"),
@@ -43,8 +49,15 @@ FLAGS: dict[str, dict[str, str]] = {
     "rounds": {"--json": "json=true"},
     "chat": {"--learn": "learning.enabled=true"},
 }
+# Options that take a value (``--format X`` or ``--format=X``), and the key it is given to.
+OPTIONS: dict[str, dict[str, str]] = {"data import": {"--format": "importer", "--speaker": "speaker"}}
 # Commands whose first argument is a value, and the override it stands for.
-POSITIONAL: dict[str, str] = {"rollback": "round"}
+# (override key, whether the value is text to pass as written rather than parsed by Hydra)
+POSITIONAL: dict[str, tuple[str, bool]] = {"rollback": ("round", False), "data import": ("path", True)}
+# Options a command cannot run without, and what to say when one is missing.
+REQUIRED: dict[str, dict[str, str]] = {
+    "data import": {"importer": "say which format the file is in: --format conv|jsonl|whatsapp|telegram"}
+}
 
 
 def config_dir() -> Path:
@@ -67,8 +80,13 @@ def run(command: str, argv: list[str] | None = None) -> None:
     if argv is not None:
         flags = FLAGS.get(command, {})
         if command in POSITIONAL and argv and "=" not in argv[0] and not argv[0].startswith("-"):
-            argv = [f"{POSITIONAL[command]}={argv[0]}", *argv[1:]]
-        argv = [_drop_group(flags.get(a, a)) for a in argv]
+            key, text = POSITIONAL[command]
+            argv = [f"{key}={_quote(argv[0]) if text else argv[0]}", *argv[1:]]
+        argv = [_drop_group(flags.get(a, a)) for a in _options(command, argv)]
+        for key, problem in REQUIRED.get(command, {}).items():
+            if not any(a.startswith(f"{key}=") for a in argv):
+                sys.stderr.write(f"hamdam {command}: error: {problem}.\n")
+                sys.exit(2)
         sys.argv = [f"hamdam {command}", *argv]
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
@@ -83,6 +101,35 @@ def run(command: str, argv: list[str] | None = None) -> None:
             sys.exit(2)
 
     _app()
+
+
+def _options(command: str, argv: list[str]) -> list[str]:
+    """``--format X`` / ``--format=X`` -> ``importer=X``; values are quoted for Hydra (spaces, Persian)."""
+    options = OPTIONS.get(command, {})
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if name not in options:
+            out.append(arg)
+            continue
+        if not sep:
+            value = next(args, "")
+            if not value or value.startswith("--"):
+                sys.stderr.write(f"hamdam {command}: error: {name} needs a value.\n")
+                sys.exit(2)
+        key = options[name]
+        # A group choice is a plain name; other values may hold anything a person types.
+        out.append(f"{key}={value if (config_dir() / key).is_dir() else _quote(value)}")
+    return out
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value that stays the literal string (spaces, quotes, '=' and all)."""
+    # Hydra keeps backslashes as they are, except those before a quote (and the closing one).
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return f"'{escaped}'"
 
 
 def _drop_group(arg: str) -> str:

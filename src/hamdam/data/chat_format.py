@@ -18,7 +18,7 @@ reply is kept, and if even the last exchange does not fit, the user's message is
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -119,7 +119,35 @@ class ChatFormat:
 
     def encode_dialogue(self, dialogue: Dialogue) -> Example:
         """Token ids and labels for training, within ``max_length``."""
-        pairs = self._pairs(dialogue.turns)
+        return self._assemble(self._pairs(dialogue.turns))
+
+    def encode_dialogues(self, dialogues: Iterable[Dialogue], chunk: int = 8192) -> Iterator[Example]:
+        """``encode_dialogue`` for many: the tokenizer runs on batches of texts (in Rust, on every
+        core), which is what makes a 500,000-dialogue corpus quick to encode."""
+        batch: list[Dialogue] = []
+        for dialogue in dialogues:
+            batch.append(dialogue)
+            if len(batch) == chunk:
+                yield from self._encode_batch(batch)
+                batch = []
+        if batch:
+            yield from self._encode_batch(batch)
+
+    def _encode_batch(self, dialogues: list[Dialogue]) -> Iterator[Example]:
+        texts = [self.sanitize(t.text) for d in dialogues for t in d.turns]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # the Rust tokenizer itself: transformers' wrapper doubles the time
+            encoded = iter([e.ids for e in backend.encode_batch(texts, add_special_tokens=False)])
+        else:
+            encoded = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"])
+        special = self._special_ids
+        for dialogue in dialogues:
+            ids = [[i for i in next(encoded) if i not in special] for _ in dialogue.turns]
+            if len(ids) % 2:
+                ids.append([])
+            yield self._assemble(list(zip(ids[::2], ids[1::2], strict=True)))
+
+    def _assemble(self, pairs: list[tuple[list[int], list[int]]]) -> Example:
         budget = self.max_length
         user, reply = pairs[-1]
         # The last exchange always stays: <user> u <assistant> reply <end>.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -30,18 +31,29 @@ def split_key(dialogue: Dialogue) -> float:
 
 
 class EncodedDataset(Dataset):
-    def __init__(self, examples: Sequence[Example]):
-        self.examples = list(examples)
+    """Encoded examples packed into two flat int32 arrays: a 500,000-dialogue corpus takes ~4 bytes
+    per token instead of ~36 as Python lists of ints."""
+
+    def __init__(self, examples: Iterable[Example]):
+        self._ids = array("i")
+        self._labels = array("i")
+        self._offsets = array("q", [0])
+        for e in examples:
+            self._ids.extend(e.input_ids)
+            self._labels.extend(e.labels)
+            self._offsets.append(len(self._ids))
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self._offsets) - 1
 
     def __getitem__(self, index: int) -> Example:
-        return self.examples[index]
+        start, end = self._offsets[index], self._offsets[index + 1]
+        return Example(input_ids=self._ids[start:end].tolist(), labels=self._labels[start:end].tolist())
 
     @property
     def lengths(self) -> list[int]:
-        return [len(e.input_ids) for e in self.examples]
+        offsets = self._offsets
+        return [offsets[i + 1] - offsets[i] for i in range(len(offsets) - 1)]
 
 
 class DialogueCollator:
@@ -155,8 +167,8 @@ class DialogueDataModule(L.LightningDataModule):
     def attach(self, chat_format: ChatFormat) -> None:
         """Encodes both splits with the model's tokenizer and markers."""
         self.chat_format = chat_format
-        self.train_set = EncodedDataset([chat_format.encode_dialogue(d) for d in self.train_dialogues])
-        self.val_set = EncodedDataset([chat_format.encode_dialogue(d) for d in self.val_dialogues])
+        self.train_set = EncodedDataset(chat_format.encode_dialogues(self.train_dialogues))
+        self.val_set = EncodedDataset(chat_format.encode_dialogues(self.val_dialogues))
 
     def _loader(self, dataset: EncodedDataset | None, batch_size: int, train: bool) -> DataLoader:
         if dataset is None or self.chat_format is None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from hamdam.data.normalize import normalize_text
 from hamdam.data.quality import QualityFilter
 from hamdam.data.records import Dialogue, Turn
+from hamdam.data.versioning import dvc_add_data, git_commit_data_dvc
 from hamdam.io import write_atomic_text
 from hamdam.learning.store import ChatStore, StoredTurn, _now
 from hamdam.safety.pii import scrub
@@ -93,8 +93,8 @@ class RoundExporter:
         source = f"rounds/{number:04d}.jsonl"
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
         write_atomic_text(self.root / "data" / source, text)
-        md5 = self._dvc_add()
-        commit = self._git_commit(f"data: learning round {number} ({len(records)} records)")
+        md5 = dvc_add_data(self.root)
+        commit = git_commit_data_dvc(self.root, f"data: learning round {number} ({len(records)} records)")
         with self.store.transaction() as db:
             db.execute(
                 "UPDATE rounds SET records = ?, status = 'versioned', data_md5 = ?, git_commit = ? WHERE id = ?",
@@ -102,26 +102,6 @@ class RoundExporter:
             )
         log.info("round %d: %d records in data/%s, data.dvc %s", number, len(records), source, md5)
         return RoundInfo(number, source, len(records), "versioned", md5, commit)
-
-    def _dvc_add(self) -> str | None:
-        from dvc.repo import Repo
-
-        with Repo(str(self.root)) as repo:
-            repo.add(str(self.root / "data"))
-        meta = (self.root / "data.dvc").read_text(encoding="utf-8")
-        return next((line.split(":", 1)[1].strip() for line in meta.splitlines() if "md5:" in line), None)
-
-    def _git_commit(self, message: str) -> str | None:
-        """Commit data.dvc when the workspace is a git repository; None otherwise."""
-        git = ["git", "-C", str(self.root)]
-        if subprocess.run([*git, "rev-parse", "--git-dir"], capture_output=True).returncode != 0:
-            return None
-        identity = subprocess.run([*git, "config", "user.email"], capture_output=True, text=True).stdout.strip()
-        if not identity:  # a workspace without a git identity still gets its round commits
-            git += ["-c", "user.name=hamdam", "-c", "user.email=hamdam@localhost"]
-        subprocess.run([*git, "add", "data.dvc"], check=True, capture_output=True)
-        subprocess.run([*git, "commit", "-q", "-m", message, "--", "data.dvc"], check=True, capture_output=True)
-        return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
 
     def rounds(self) -> list[RoundInfo]:
         rows = self.store.db.execute(
