@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from hamdam.data.normalize import normalize_text
 from hamdam.data.records import Dialogue, Turn
@@ -125,3 +126,32 @@ def _chunks(turns: list[Turn], max_exchanges: int, stats: ExportStats) -> Iterat
         stats.dialogues += 1
         stats.exchanges += len(chunk) // 2
         yield Dialogue(chunk)
+
+
+class ChatExportReader:
+    """A reader of one export format: subclasses say how a file becomes conversations of messages."""
+
+    def __init__(self, speaker: str | None = None, session_gap_hours: float = 6.0, max_exchanges: int = 8):
+        self.speaker = speaker
+        self.session_gap = timedelta(hours=session_gap_hours)
+        self.max_exchanges = max_exchanges
+        self.stats = ExportStats()
+
+    def conversations(self, path: Path) -> list[list[Message]]:
+        """Each chat in the file as its messages in order, media, system and deleted ones dropped."""
+        raise NotImplementedError
+
+    def sender_alias(self, speaker: str) -> str:
+        """The sender name that ``speaker`` stands for (Telegram: a from_id)."""
+        return speaker
+
+    def read(self, path: str | Path) -> Iterator[Dialogue]:
+        path = Path(path)
+        self.stats = ExportStats()
+        chats = self.conversations(path)
+        senders = Counter(m.sender for chat in chats for m in chat)
+        self.stats.senders = dict(senders)
+        self.stats.messages = sum(senders.values())
+        speaker = resolve_speaker(self.sender_alias(self.speaker) if self.speaker else None, senders, path)
+        for chat in chats:
+            yield from speaker_dialogues(chat, speaker, self.stats, self.session_gap, self.max_exchanges)

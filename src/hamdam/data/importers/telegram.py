@@ -8,14 +8,11 @@ caption too, and forwarded messages (they are someone else's words).
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hamdam.data.importers.chat_export import ExportStats, Message, clean_name, resolve_speaker, speaker_dialogues
-from hamdam.data.records import Dialogue
+from hamdam.data.importers.chat_export import ChatExportReader, Message, clean_name
 from hamdam.errors import DataError
 
 _MEDIA_KEYS = ("photo", "file", "media_type", "sticker_emoji", "poll", "location_information", "contact_information")
@@ -29,7 +26,7 @@ def entity_text(text: Any) -> str:
     return ""
 
 
-class TelegramReader:
+class TelegramReader(ChatExportReader):
     """Reads a Telegram Desktop export; ``speaker`` is a sender's name (``from``) or id (``from_id``)."""
 
     def __init__(
@@ -39,25 +36,16 @@ class TelegramReader:
         session_gap_hours: float = 6.0,
         max_exchanges: int = 8,
     ):
-        self.speaker = speaker
+        super().__init__(speaker, session_gap_hours, max_exchanges)
         self.drop_forwarded = drop_forwarded
-        self.session_gap = timedelta(hours=session_gap_hours)
-        self.max_exchanges = max_exchanges
-        self.stats = ExportStats()
-
-    def read(self, path: str | Path) -> Iterator[Dialogue]:
-        path = Path(path)
-        self.stats = stats = ExportStats()
         self._ids: dict[str, str] = {}  # from_id -> display name
-        chats = [self._messages(chat, path) for chat in _chats(_load(path), path)]
-        senders = Counter(m.sender for chat in chats for m in chat)
-        stats.senders = dict(senders)
-        stats.messages = sum(senders.values())
-        # A from_id ("user123") names the same person as their display name.
-        speaker = self._ids.get(str(self.speaker), self.speaker) if self.speaker else None
-        speaker = resolve_speaker(speaker, senders, path)
-        for chat in chats:
-            yield from speaker_dialogues(chat, speaker, stats, self.session_gap, self.max_exchanges)
+
+    def conversations(self, path: Path) -> list[list[Message]]:
+        self._ids = {}
+        return [self._messages(chat, path) for chat in _chats(_load(path), path)]
+
+    def sender_alias(self, speaker: str) -> str:
+        return self._ids.get(str(speaker), speaker)
 
     def _messages(self, chat: dict, path: Path) -> list[Message]:
         messages = chat.get("messages")

@@ -14,14 +14,11 @@ Hand-written: no maintained library parses these exports in both calendars.
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 
-from hamdam.data.importers.chat_export import ExportStats, Message, clean_name, resolve_speaker, speaker_dialogues
-from hamdam.data.records import Dialogue
+from hamdam.data.importers.chat_export import ChatExportReader, Message, clean_name
 from hamdam.errors import DataError
 
 _DIGITS = str.maketrans(
@@ -64,7 +61,7 @@ class _Header:
     rest: str
 
 
-class WhatsAppReader:
+class WhatsAppReader(ChatExportReader):
     """Reads one exported chat; ``speaker`` is whose words become the replies."""
 
     def __init__(
@@ -76,22 +73,13 @@ class WhatsAppReader:
         session_gap_hours: float = 6.0,
         max_exchanges: int = 8,
     ):
-        self.speaker = speaker
+        super().__init__(speaker, session_gap_hours, max_exchanges)
         self.media = {p.casefold() for p in media_placeholders or []}
         self.deleted = {p.casefold() for p in deleted_placeholders or []}
         self.edited = list(edited_suffixes or [])
-        self.session_gap = timedelta(hours=session_gap_hours)
-        self.max_exchanges = max_exchanges
-        self.stats = ExportStats()
 
-    def read(self, path: str | Path) -> Iterator[Dialogue]:
-        path = Path(path)
-        self.stats = stats = ExportStats()
-        messages = self.messages(path)
-        senders = Counter(m.sender for m in messages)
-        stats.senders = dict(senders)
-        speaker = resolve_speaker(self.speaker, senders, path)
-        yield from speaker_dialogues(messages, speaker, stats, self.session_gap, self.max_exchanges)
+    def conversations(self, path: Path) -> list[list[Message]]:
+        return [self.messages(path)]
 
     def messages(self, path: Path) -> list[Message]:
         headers = self._parse(path)
@@ -106,7 +94,6 @@ class WhatsAppReader:
             if text is None:
                 continue
             out.append(Message(clean_name(body.group("name")), text, _when(header, order)))
-        self.stats.messages = len(out)
         return out
 
     def _parse(self, path: Path) -> list[tuple[_Header, list[str]]]:
