@@ -65,9 +65,11 @@ def test_whatsapp_ios_with_direction_marks(reader):
             ("assistant", "Happy new year my love"),
             ("user", "Where are you?"),
             ("assistant", "At your aunt’s house"),
-        ]
+        ],
+        # 13 days later: a new dialogue, opened by Sara's message.
+        [("user", "Good morning"), ("assistant", "Good morning dear, eat your breakfast")],
     ]
-    assert (r.stats.media, r.stats.deleted) == (2, 1)
+    assert (r.stats.media, r.stats.deleted, r.stats.unanswered, r.stats.speaker_openers) == (2, 1, 0, 0)
     times = [m.time for m in r.messages(FIXTURES / "whatsapp_ios.txt")]
     assert times[0] == datetime(2020, 12, 31, 21, 41, 5) and times[-1] == datetime(2021, 1, 13, 8, 1)
 
@@ -80,7 +82,9 @@ def test_whatsapp_persian_jalali_dates_and_persian_digits(reader):
             ("assistant", "سلام پسرم، خوبی؟"),  # the Persian comma in the text is kept
             ("user", "خوبم، دلم برات تنگ شده"),
             ("assistant", "منم دلم برات یه ذره شده\nزود بیا خونه"),
-        ]
+        ],
+        # The next morning is a new dialogue; the deleted message between is gone.
+        [("user", "صبح بخیر"), ("assistant", "صبح تو هم بخیر عزیزم")],
     ]
     times = [m.time for m in r.messages(FIXTURES / "whatsapp_android_fa.txt")]
     # ۱۴۰۲/۱۰/۱۲ ۹:۴۱ ب.ظ is 2 January 2024, 21:41; ق.ظ is the morning.

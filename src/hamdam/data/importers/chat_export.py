@@ -96,9 +96,9 @@ def speaker_dialogues(
             blocks[-1] = (last[0], last[1], msg.time or last[2])
             stats.merged += 1
         else:
-            blocks.append((msg.sender, [text], msg.time))
             if gap:
-                blocks.append(("", [], None))  # a session break
+                blocks.append(("", [], None))  # a session break, before the message that opens the next one
+            blocks.append((msg.sender, [text], msg.time))
     blocks.append(("", [], None))
 
     turns: list[Turn] = []
