@@ -10,6 +10,8 @@ import pytest
 from hamdam.data.quality import QualityFilter
 from hamdam.learning.rounds import RoundExporter
 from hamdam.learning.store import ChatStore
+from hamdam.safety.detector import LayeredDetector
+from hamdam.safety.rules import SafetyRules
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -63,6 +65,25 @@ def test_a_round_becomes_a_dvc_version_and_a_git_commit(workspace):
     assert sh(["dvc", "status", "data.dvc"], workspace).endswith("up to date.")
     assert exporter.export() is None  # nothing new to learn
     assert [r.number for r in exporter.rounds()] == [1]
+
+
+def test_a_round_learns_nothing_the_output_guard_or_crisis_detector_rejects(workspace):
+    """Turns stored while the chat's guard was off (or older than the current models) are screened again."""
+    store = ChatStore(workspace / "chats.db")
+    session = store.start_session("m")
+    store.add_turn(session, "سلام بابا", "سلام پسرم، خوبی؟", "model", "fa")
+    store.add_turn(session, "دلم برات تنگه", "بیا پیشم عزیزم، منتظرتم", "model", "fa")  # invitation
+    fixed = store.add_turn(session, "کجایی؟", "جواب ضعیف", "model", "fa")
+    store.fix(fixed, "من هنوز زنده‌ام پسرم")  # a /fix that claims to be alive
+    store.add_turn(session, "می‌خوام خودمو بکشم", "سلام", "model", "fa")  # a crisis message
+    exporter = RoundExporter(store, workspace, QualityFilter(), safety=rules_only())
+    info = exporter.export()
+    rows = [json.loads(line) for line in (workspace / "data" / info.source).read_text().splitlines()]
+    assert [(r["instruction"], r["response"]) for r in rows] == [("سلام بابا", "سلام پسرم، خوبی؟")]
+
+
+def rules_only() -> LayeredDetector:
+    return LayeredDetector(SafetyRules())
 
 
 def test_a_round_interrupted_after_the_store_is_finished_on_restart(workspace):

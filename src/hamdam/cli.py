@@ -40,7 +40,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "learn": ("hamdam.learning.cycle:learn", "learn", "one learning round from the stored chats, now"),
     "rounds": ("hamdam.learning.history:rounds", "rounds", "the learning rounds (--json for JSON)"),
     "rollback": ("hamdam.learning.history:rollback", "rounds", "restore data/ and the model of round N"),
-    "safety classify": ("hamdam.safety.classify:classify", "classify", "crisis check, one JSON line per stdin line"),
+    "safety classify": (
+        "hamdam.safety.classify:classify",
+        "classify",
+        "crisis level (crisis/concern/none), one JSON line per stdin line",
+    ),
+    "safety train": ("hamdam.safety.train:train", "safety_train", "train the learned safety layers (corpus/safety)"),
 }
 
 # Flags some commands accept besides Hydra overrides, and the override each one stands for.

@@ -12,6 +12,7 @@ from transformers import GenerationConfig
 from hamdam.data.chat_format import ChatFormat
 from hamdam.data.normalize import normalize_text
 from hamdam.data.records import Turn
+from hamdam.safety.context import ANSWERED_NO, SessionRisk
 from hamdam.safety.guard import SafetyGuard
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Reply:
     """What the user sees, and why: ``model`` (generated), ``crisis`` (resources, out of the
-    persona), ``identity`` (the honest answer), ``replaced`` (an unsafe generation withheld)."""
+    persona), ``concern`` (the direct question, or the thanks after a "no"), ``identity`` (the
+    honest answer), ``replaced`` (an unsafe generation withheld)."""
 
     text: str
     kind: str
@@ -33,11 +35,16 @@ class Exchange:
     reply: Reply
 
 
+# Replies written by the safety layer, not the persona: never part of the model's context.
+OUT_OF_PERSONA = ("crisis", "concern")
+
+
 @dataclass
 class Conversation:
-    """Every exchange, marked by kind. Crisis exchanges stay out of the model's context."""
+    """Every exchange, marked by kind, and the risk the conversation has shown so far."""
 
     exchanges: list[Exchange] = field(default_factory=list)
+    risk: SessionRisk = field(default_factory=SessionRisk)
 
     def add(self, message: str, reply: Reply) -> None:
         self.exchanges.append(Exchange(message, reply))
@@ -46,7 +53,7 @@ class Conversation:
     def turns(self) -> list[Turn]:
         turns: list[Turn] = []
         for exchange in self.exchanges:
-            if exchange.reply.kind != "crisis":
+            if exchange.reply.kind not in OUT_OF_PERSONA:
                 turns += [Turn("user", exchange.message), Turn("assistant", exchange.reply.text)]
         return turns
 
@@ -91,14 +98,21 @@ class ChatEngine:
         message = normalize_text(message)
         if self.guard is None:
             return Reply(self.generate(conversation, message), "model")
-        verdict = self.guard.classify(message)
+        verdict = self.guard.assess(message, conversation.risk)
         if verdict.crisis:
-            log.warning("crisis message detected (%s): answering with resources, outside the persona", verdict.lang)
+            log.warning(
+                "crisis message (%s, %s): answering with resources, outside the persona", verdict.lang, verdict.rule
+            )
             return Reply(self.guard.crisis_reply(verdict.lang), "crisis", verdict.lang)
-        if self.guard.rules.is_identity_question(message):
+        if verdict.level == "concern":
+            log.warning("concern message (%s, %s): asking directly", verdict.lang, verdict.rule)
+            return Reply(self.guard.ask_directly(verdict.lang), "concern", verdict.lang)
+        if verdict.rule == ANSWERED_NO:
+            return Reply(self.guard.thank_for_answer(verdict.lang), "concern", verdict.lang)
+        if self.guard.is_identity_question(message):
             return Reply(self.guard.honest_identity(verdict.lang), "identity", verdict.lang)
         text = self.generate(conversation, message)
-        harm = self.guard.rules.unsafe_reply(text)
+        harm = self.guard.unsafe_reply(text)
         if harm:
             log.warning("generated reply withheld by the output guard (%s)", harm)
             return Reply(self.guard.safe_replacement(verdict.lang), "replaced", verdict.lang)

@@ -14,7 +14,7 @@ from transformers import GenerationConfig, set_seed
 from transformers.utils import logging as hf_logging
 
 from hamdam.chat.commands import FeedbackState, handle
-from hamdam.chat.engine import ChatEngine, Conversation
+from hamdam.chat.engine import OUT_OF_PERSONA, ChatEngine, Conversation
 from hamdam.learning.cycle import champion_dir
 from hamdam.learning.store import ChatStore
 from hamdam.learning.worker import LearningWorker
@@ -170,7 +170,7 @@ def run_terminal(
         except KeyboardInterrupt:
             console.print()
             continue
-        crisis = conversation.exchanges and conversation.exchanges[-1].reply.kind == "crisis"
+        crisis = conversation.exchanges and conversation.exchanges[-1].reply.kind in OUT_OF_PERSONA
         style = "bold red" if crisis else "bold"
         console.print(f"[{style}]{reply_prefix}[/{style}]{text}", markup=True)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from filelock import FileLock
 from hydra import compose
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from hamdam.data.quality import QualityFilter
@@ -82,7 +83,8 @@ def _cycle(cfg: DictConfig, parent_run_id: str | None) -> CycleResult | None:
     root, runs_dir = Path(cfg.paths.root_dir), Path(cfg.paths.runs_dir)
     store = ChatStore(learning.store)
     try:
-        exporter = RoundExporter(store, root, QualityFilter(**learning.quality), learning.include_unrated)
+        safety = instantiate(cfg.safety.detector) if cfg.get("safety") and cfg.safety.enabled else None
+        exporter = RoundExporter(store, root, QualityFilter(**learning.quality), learning.include_unrated, safety)
         exporter.resume()
         info = exporter.export(cfg.get("up_to_turn"))
         pending = store.db.execute("SELECT id, source FROM rounds WHERE status IN ('versioned', 'failed') ORDER BY id")

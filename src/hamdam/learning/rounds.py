@@ -19,6 +19,7 @@ from hamdam.data.records import Dialogue, Turn
 from hamdam.data.versioning import dvc_add_data, git_commit_data_dvc
 from hamdam.io import write_atomic_text
 from hamdam.learning.store import ChatStore, StoredTurn, _now
+from hamdam.safety.detector import LayeredDetector
 from hamdam.safety.pii import scrub
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,19 @@ def round_record(turn: StoredTurn) -> dict:
 
 
 class RoundExporter:
-    def __init__(self, store: ChatStore, root: Path, quality: QualityFilter, include_unrated: bool = True):
+    def __init__(
+        self,
+        store: ChatStore,
+        root: Path,
+        quality: QualityFilter,
+        include_unrated: bool = True,
+        safety: LayeredDetector | None = None,
+    ):
         self.store = store
         self.root = Path(root)
         self.quality = quality
         self.include_unrated = include_unrated
+        self.safety = safety
 
     def _records(self, turns: list[StoredTurn]) -> list[dict]:
         kept = []
@@ -60,8 +69,19 @@ class RoundExporter:
             # Model-written replies pass the filters generated data passes; a /fix is the user's own text.
             if record["origin"] == "chat" and self.quality.reject(dialogue):
                 continue
+            if self.safety is not None and self._unsafe(record):
+                continue
             kept.append(record)
         return kept
+
+    def _unsafe(self, record: dict) -> bool:
+        """A reply the output guard withholds (a /fix included: it teaches the persona), or a crisis
+        message, is never learned, whatever the chat's guard decided when the turn was stored."""
+        harm = self.safety.unsafe_reply(record["response"])
+        if harm is None and not self.safety.classify(record["instruction"]).crisis:
+            return False
+        log.info("turn %d kept out of the round by the safety checks (%s)", record["turn_id"], harm or "crisis")
+        return True
 
     def export(self, up_to: int | None = None) -> RoundInfo | None:
         """Take the eligible turns (up to turn ``up_to``) into a new round; None when there are none."""

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS turns (
     created_at TEXT NOT NULL,
     message TEXT NOT NULL,
     reply TEXT NOT NULL,
-    kind TEXT NOT NULL,              -- model | crisis | identity | replaced
+    kind TEXT NOT NULL,              -- model | crisis | concern | identity | replaced
     lang TEXT NOT NULL,
     rating TEXT,                     -- good | bad | NULL
     fixed_reply TEXT,                -- /fix: the reply to learn instead

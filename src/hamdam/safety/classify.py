@@ -1,4 +1,7 @@
-"""``hamdam safety classify``: one message per stdin line -> one JSON object per stdout line."""
+"""``hamdam safety classify``: one message per stdin line -> one JSON object per stdout line.
+
+Each line is judged on its own (no conversation context), by the same layered detector as the chat.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,12 @@ def classify(cfg: DictConfig) -> None:
     for line in sys.stdin:
         message = line.rstrip("\n")
         verdict = guard.classify(message)
-        record = {"crisis": verdict.crisis, "lang": verdict.lang, "rule": verdict.rule}
+        record = {
+            "crisis": verdict.crisis,
+            "level": verdict.level,
+            "lang": verdict.lang,
+            "rule": verdict.rule,
+            "score": None if verdict.score is None else round(verdict.score, 4),
+        }
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         sys.stdout.flush()

@@ -1,15 +1,15 @@
-"""Rule-based safety checks: crisis messages, sincere identity questions, unsafe generated replies.
+"""Rule-based safety checks: crisis messages, denials, answers to the bot's direct question,
+sincere identity questions, unsafe generated replies.
 
 Written by hand on purpose: the checks must work offline, on a CPU, in Persian (with its spelling
 variation), English and Chinese, and every decision must be explainable by the pattern that made
-it. The patterns are data (patterns.yaml) and are measured with bench/safety_classifier.py on the
-labeled set in bench/safety/crisis_eval.tsv.
+it. The patterns are data (patterns.yaml). They are the first layer; the learned model
+(``hamdam.safety.model``) is the second. Both are measured by bench/safety_classifier.py.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -17,7 +17,6 @@ from pathlib import Path
 import yaml
 
 from hamdam.data.normalize import normalize_text
-from hamdam.safety.lang import detect_lang
 
 _MI_SPACE = re.compile(r"(?<!\S)(ن?می|ن?مي) (?=\S)")
 _DIACRITICS = re.compile("[\u064b-\u0652\u0670]")  # harakat and tanween: "واقعاً" -> "واقعا"
@@ -30,15 +29,36 @@ def canonical_for_matching(text: str) -> str:
     return _MI_SPACE.sub(r"\1", text)
 
 
-def _compile(patterns: list[str]) -> list[re.Pattern[str]]:
-    return [re.compile(p) for p in patterns]
+# A pattern whose literal letters are all of one script cannot match a text without that script,
+# so it is skipped there: most messages are in one script, which makes matching 2-3x faster.
+_SCRIPT_LETTERS = {
+    "arabic": re.compile("[\u0600-\u06ff]"),
+    "han": re.compile("[\u3400-\u9fff]"),
+    "latin": re.compile("[a-z]"),
+}
 
 
-@dataclass(frozen=True)
-class Verdict:
-    crisis: bool
-    lang: str
-    rule: str | None = None  # the pattern that decided, for review
+def scripts_in(text: str) -> frozenset[str]:
+    return frozenset(name for name, letters in _SCRIPT_LETTERS.items() if letters.search(text))
+
+
+def gated(pattern: str) -> tuple[re.Pattern[str], str | None]:
+    """The compiled pattern, and the one script its literals are written in (None: several or none)."""
+    literals = re.sub(r"\\[a-zA-Z]", "", pattern)  # \s, \b, \w... are not letters of the text
+    found = [name for name, letters in _SCRIPT_LETTERS.items() if letters.search(literals)]
+    return re.compile(pattern), found[0] if len(found) == 1 else None
+
+
+def first_match(patterns: list[tuple[re.Pattern[str], str | None]], text: str, scripts: frozenset[str]) -> str | None:
+    """The first pattern (as written) that matches ``text``, skipping those of absent scripts."""
+    for pattern, script in patterns:
+        if (script is None or script in scripts) and pattern.search(text):
+            return pattern.pattern
+    return None
+
+
+def _compile(patterns: list[str]) -> list[tuple[re.Pattern[str], str | None]]:
+    return [gated(p) for p in patterns]
 
 
 class SafetyRules:
@@ -55,30 +75,48 @@ class SafetyRules:
     def _tables(self) -> dict[str, dict[str, list[re.Pattern[str]]]]:
         return {
             section: {key: _compile(values) for key, values in self.raw[section].items()}
-            for section in ("crisis", "crisis_join", "visit_or_carrying_on", "identity_question", "unsafe_reply")
+            for section in (
+                "crisis",
+                "crisis_join",
+                "visit_or_carrying_on",
+                "identity_question",
+                "unsafe_reply",
+                "answer",
+                "negated",
+            )
         }
 
-    def _search(self, section: str, key: str, text: str) -> str | None:
-        for pattern in self._tables[section].get(key, []):
-            if pattern.search(text):
-                return pattern.pattern
+    def _search(self, section: str, key: str, text: str, scripts: frozenset[str] | None = None) -> str | None:
+        return first_match(self._tables[section].get(key, []), text, scripts_in(text) if scripts is None else scripts)
+
+    def crisis_rule(self, message: str) -> str | None:
+        """The crisis pattern ``message`` matches, or None. Every language's patterns are tried: people mix them."""
+        text = canonical_for_matching(message)
+        scripts = scripts_in(text)
+        for key in self._tables["crisis"]:
+            rule = self._search("crisis", key, text, scripts)
+            if rule:
+                return rule
+        for key in self._tables["crisis_join"]:
+            rule = self._search("crisis_join", key, text, scripts)
+            if rule and not any(
+                self._search("visit_or_carrying_on", k, text, scripts) for k in self._tables["visit_or_carrying_on"]
+            ):
+                return rule
         return None
 
-    def classify(self, message: str) -> Verdict:
-        """Crisis or not. Every language's patterns are tried: people mix languages."""
-        lang = detect_lang(message)
+    def negated(self, message: str) -> str | None:
+        """The pattern of an explicit "I don't want to die" in ``message``, or None."""
         text = canonical_for_matching(message)
-        for key in self._tables["crisis"]:
-            rule = self._search("crisis", key, text)
-            if rule:
-                return Verdict(True, lang, rule)
-        for key in self._tables["crisis_join"]:
-            rule = self._search("crisis_join", key, text)
-            if rule and not any(
-                self._search("visit_or_carrying_on", k, text) for k in self._tables["visit_or_carrying_on"]
-            ):
-                return Verdict(True, lang, rule)
-        return Verdict(False, lang)
+        scripts = scripts_in(text)
+        return next((r for key in self._tables["negated"] if (r := self._search("negated", key, text, scripts))), None)
+
+    def answer(self, message: str) -> str | None:
+        """``yes`` or ``no`` when ``message`` answers a yes/no question (it starts with one), else None."""
+        text = canonical_for_matching(message).strip()
+        if self._search("answer", "deny", text):  # first: "نه، آره خوبم" is a no
+            return "no"
+        return "yes" if self._search("answer", "affirm", text) else None
 
     def is_identity_question(self, message: str) -> bool:
         text = canonical_for_matching(message)
