@@ -10,12 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import GenerationConfig, PreTrainedTokenizerFast
 
-from hamdam.data.chat_format import RoleMarkers
+from hamdam.chat.engine import ChatEngine
+from hamdam.data.chat_format import ChatFormat, RoleMarkers
+from hamdam.models.backbones import scratch_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -89,3 +92,24 @@ def run_hamdam(args: list[str], cwd: Path, stdin: str | None = None, timeout: in
     """Run the installed ``hamdam`` command as a user would."""
     command, env = hamdam_command(args)
     return subprocess.run(command, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+class FixedReplyModel(torch.nn.Module):
+    """A real GPT-2 whose generate() returns a fixed reply, to drive the chat engine end to end."""
+
+    def __init__(self, tokenizer, reply_ids):
+        super().__init__()
+        self.inner = scratch_gpt2(tokenizer, n_layer=1, n_head=1, n_embd=8, n_positions=64)
+        self.reply_ids = reply_ids
+        self.calls = 0
+
+    def generate(self, input_ids, **kwargs):
+        self.calls += 1
+        return torch.cat([input_ids, torch.tensor([self.reply_ids])], dim=1)
+
+
+def engine_with(tokenizer, guard, reply_text: str) -> tuple[ChatEngine, FixedReplyModel]:
+    """A ChatEngine (word-level test markers) whose model always answers ``reply_text``."""
+    fmt = ChatFormat(tokenizer, MARKERS, max_length=64)
+    model = FixedReplyModel(tokenizer, fmt.encode_text(reply_text) + [fmt.end_id])
+    return ChatEngine(model, fmt, GenerationConfig(max_new_tokens=8), guard), model

@@ -4,19 +4,15 @@ import importlib.util
 import json
 
 import pytest
-import torch
 from hydra.utils import instantiate
-from transformers import GenerationConfig
 
-from hamdam.chat.engine import ChatEngine, Conversation
-from hamdam.data.chat_format import ChatFormat
-from hamdam.models.backbones import scratch_gpt2
+from hamdam.chat.engine import Conversation
 from hamdam.safety.guard import SafetyGuard
 from hamdam.safety.pii import luhn_valid, national_code_valid, scrub
 from hamdam.safety.rules import SafetyRules
 from hamdam.safety.train import rates
 
-from conftest import MARKERS, REPO, run_hamdam
+from conftest import REPO, engine_with, run_hamdam
 
 spec = importlib.util.spec_from_file_location("bench_safety", REPO / "bench" / "safety_classifier.py")
 bench = importlib.util.module_from_spec(spec)
@@ -135,26 +131,6 @@ def test_identity_questions(rules):
     for question in ["واقعاً خودتی؟", "واقعا تویی مامان؟", "is this really you?", "Are you real?", "真的是你吗？"]:
         assert rules.is_identity_question(question), question
     assert not rules.is_identity_question("دلم برات تنگ شده")
-
-
-class FixedModel(torch.nn.Module):
-    """A real GPT-2 whose generate() returns a fixed reply, to drive the guard end to end."""
-
-    def __init__(self, tokenizer, reply_ids):
-        super().__init__()
-        self.inner = scratch_gpt2(tokenizer, n_layer=1, n_head=1, n_embd=8, n_positions=64)
-        self.reply_ids = reply_ids
-        self.calls = 0
-
-    def generate(self, input_ids, **kwargs):
-        self.calls += 1
-        return torch.cat([input_ids, torch.tensor([self.reply_ids])], dim=1)
-
-
-def engine_with(word_tokenizer, guard, reply_text):
-    fmt = ChatFormat(word_tokenizer, MARKERS, max_length=64)
-    model = FixedModel(word_tokenizer, fmt.encode_text(reply_text) + [fmt.end_id])
-    return ChatEngine(model, fmt, GenerationConfig(max_new_tokens=8), guard), model
 
 
 def test_crisis_message_gets_resources_outside_the_persona(word_tokenizer, guard):

@@ -8,14 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from hydra.utils import instantiate
-from transformers import GenerationConfig
 
 from hamdam.chat.engine import ChatEngine, Conversation
-from hamdam.data.chat_format import ChatFormat
 from hamdam.errors import DataError
-from hamdam.models.backbones import scratch_gpt2
 from hamdam.safety.context import ContextPolicy, SessionRisk
 from hamdam.safety.detector import LayeredDetector
 from hamdam.safety.guard import SafetyGuard
@@ -24,7 +20,7 @@ from hamdam.safety.model import LinearTextModel, NgramAnalyzer, load_model, mode
 from hamdam.safety.rules import SafetyRules
 from hamdam.safety.train import LinearTrainer, load_labeled, sha256
 
-from conftest import MARKERS, REPO, run_hamdam
+from conftest import REPO, engine_with, run_hamdam
 
 SAFETY = REPO / "corpus" / "safety"
 CRISIS_TRAIN = sorted((SAFETY / "crisis").glob("train_*.jsonl"))
@@ -232,25 +228,12 @@ def test_thresholds_out_of_order_are_a_clear_error():
         LayeredDetector(SafetyRules(), crisis_threshold=0.3, concern_threshold=0.6)
 
 
-class ScriptedModel(torch.nn.Module):
-    def __init__(self, tokenizer, reply_ids):
-        super().__init__()
-        self.inner = scratch_gpt2(tokenizer, n_layer=1, n_head=1, n_embd=8, n_positions=64)
-        self.reply_ids = reply_ids
-        self.calls = 0
-
-    def generate(self, input_ids, **kwargs):
-        self.calls += 1
-        return torch.cat([input_ids, torch.tensor([self.reply_ids])], dim=1)
-
-
 @pytest.fixture
 def chat(word_tokenizer, compose_cfg, detector):
     base: SafetyGuard = instantiate(compose_cfg(name="chat").safety)
     base.detector = detector
-    fmt = ChatFormat(word_tokenizer, MARKERS, max_length=64)
-    model = ScriptedModel(word_tokenizer, fmt.encode_text("سلام پسرم") + [fmt.end_id])
-    return ChatEngine(model, fmt, GenerationConfig(max_new_tokens=8), base), model, base
+    engine, model = engine_with(word_tokenizer, base, "سلام پسرم")
+    return engine, model, base
 
 
 def talk(engine: ChatEngine, conversation: Conversation, message: str):
