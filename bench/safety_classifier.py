@@ -78,22 +78,12 @@ def levels_of(guard: SafetyGuard, examples: list[Example]) -> list[Verdict]:
     return [guard.classify(e.text) for e in examples]
 
 
-def cv_levels(guard: SafetyGuard, trainer: LinearTrainer, examples: list[Example]) -> list[Verdict]:
-    """Rules as shipped; the model's score from a fold that never saw the message's family."""
-    detector = guard.detector
-    scores = trainer.out_of_fold(examples)
-    verdicts = []
-    for example, score in zip(examples, scores):
-        rule = detector.rules.crisis_rule(example.text)
-        if rule:
-            verdicts.append(Verdict("crisis", example.lang, rule, score))
-        elif score >= detector.crisis_threshold:
-            verdicts.append(Verdict("crisis", example.lang, "model", score))
-        elif score >= detector.concern_threshold:
-            verdicts.append(Verdict("concern", example.lang, "model", score))
-        else:
-            verdicts.append(Verdict("none", example.lang, None, score))
-    return verdicts
+def cv_levels(
+    guard: SafetyGuard, trainer: LinearTrainer, examples: list[Example], folds: int, seed: int
+) -> list[Verdict]:
+    """The shipped decision, with each message's model score from a fold that never saw its family."""
+    scores = trainer.out_of_fold(examples, folds, seed)
+    return [guard.detector.classify(e.text, score=s) for e, s in zip(examples, scores, strict=True)]
 
 
 def fmt(value: float | None) -> str:
@@ -123,7 +113,7 @@ def table(title: str, examples: list[Example], verdicts: list[Verdict]) -> dict[
 
 
 def misses(examples: list[Example], verdicts: list[Verdict], limit: int = 60) -> None:
-    wrong = [(e, v) for e, v in zip(examples, verdicts) if (v.level == "crisis") != bool(e.label)]
+    wrong = [(e, v) for e, v in zip(examples, verdicts, strict=True) if (v.level == "crisis") != bool(e.label)]
     print(f"-- {len(wrong)} errors (missed crises, then false positives):")
     for e, v in sorted(wrong, key=lambda ev: -ev[0].label)[:limit]:
         tag = "MISS" if e.label else "FP  "
@@ -171,7 +161,7 @@ def main() -> int:
         table(
             f"crisis, family-grouped 5-fold CV on the training split ({len(train)} messages)",
             train,
-            cv_levels(guard, trainer_for(train_cfg, "crisis"), train),
+            cv_levels(guard, trainer_for(train_cfg, "crisis"), train, train_cfg.cv_folds, train_cfg.seed),
         )
     verdicts = levels_of(guard, test)
     results = table(f"crisis, held-out test split ({len(test)} messages), shipped model", test, verdicts)
@@ -187,15 +177,12 @@ def main() -> int:
     reply_train = load_labeled(resolve_files(tasks.reply.data, "reply"))
     reply_test = load_labeled([REPLY_TEST])
     if not args.no_cv:
-        scores = trainer_for(train_cfg, "reply").out_of_fold(reply_train)
-        flagged = [
-            bool(detector.rules.unsafe_reply(e.text)) or s >= detector.reply_threshold
-            for e, s in zip(reply_train, scores)
-        ]
+        scores = trainer_for(train_cfg, "reply").out_of_fold(reply_train, train_cfg.cv_folds, train_cfg.seed)
+        flagged = [detector.unsafe_reply(e.text, score=s) is not None for e, s in zip(reply_train, scores, strict=True)]
         reply_table(f"output guard, family-grouped 5-fold CV ({len(reply_train)} replies)", reply_train, flagged)
     flagged = [guard.unsafe_reply(e.text) is not None for e in reply_test]
     reply_table(f"output guard, held-out test split ({len(reply_test)} replies), shipped model", reply_test, flagged)
-    for e, f in zip(reply_test, flagged):
+    for e, f in zip(reply_test, flagged, strict=True):
         if f != bool(e.label):
             print(f"  {'MISS' if e.label else 'FP  '} [{e.lang} {e.kind}] {e.text}")
 

@@ -11,13 +11,13 @@ import pytest
 from hydra.utils import instantiate
 
 from hamdam.chat.engine import ChatEngine, Conversation
-from hamdam.errors import DataError
-from hamdam.safety.context import ContextPolicy, SessionRisk
+from hamdam.errors import DataError, HamdamError
+from hamdam.safety.context import ANSWERED_NO, ANSWERED_OTHERWISE, ContextPolicy, SessionRisk
 from hamdam.safety.detector import LayeredDetector
 from hamdam.safety.guard import SafetyGuard
 from hamdam.safety.lang import detect_lang
-from hamdam.safety.model import LinearTextModel, NgramAnalyzer, load_model, model_text
-from hamdam.safety.rules import SafetyRules
+from hamdam.safety.model import ConceptLexicon, LinearTextModel, NgramAnalyzer, load_model, model_text
+from hamdam.safety.rules import SafetyRules, canonical_for_matching, gated, scripts_in
 from hamdam.safety.train import LinearTrainer, load_labeled, sha256
 
 from conftest import REPO, engine_with, run_hamdam
@@ -93,6 +93,8 @@ def test_training_is_deterministic_and_reproduces_the_shipped_model():
     assert shipped.weights.keys() == first.weights.keys()
     assert math.isclose(shipped.bias, first.bias, abs_tol=1e-5)
     assert all(math.isclose(shipped.weights[f][1], w[1], abs_tol=1e-5) for f, w in first.weights.items())
+    assert shipped.concept_weights.keys() == first.concept_weights.keys()
+    assert all(math.isclose(shipped.concept_weights[f], w, abs_tol=1e-5) for f, w in first.concept_weights.items())
 
 
 def test_pure_python_scorer_equals_scikit_learn():
@@ -174,58 +176,94 @@ def fixed_model(scores: dict[str, float]) -> LinearTextModel:
 
 @pytest.fixture
 def detector() -> LayeredDetector:
-    model = fixed_model({"worrying": 0.6, "alarming": 0.9})
+    model = fixed_model({"worrying": 0.6, "alarming": 0.9})  # "alarming" alone is short: see SHORT_CHARS
     return LayeredDetector(SafetyRules(), crisis_model=model, reply_model=fixed_model({"dangerous": 0.95}))
 
 
 def test_levels_rules_or_model(detector):
     assert detector.classify("worrying").level == "concern" and detector.classify("worrying").rule == "model:0.60"
-    assert detector.classify("alarming").level == "crisis" and detector.classify("alarming").rule == "model:0.90"
+    alarming = detector.classify("alarming, truly alarming")
+    assert alarming.level == "crisis" and alarming.rule == "model:0.90"
     assert detector.classify("hello").level == "none"
     explicit = detector.classify("I want to kill myself")  # a rule decides, whatever the model says
     assert explicit.level == "crisis" and not explicit.rule.startswith("model")
+    # the model alone never makes a crisis of a few characters, nor of an explicit denial: it asks
+    assert detector.classify("alarming").level == "concern" and detector.classify("alarming").rule.endswith("(short)")
+    denied = detector.classify("I don't want to die, alarming as it sounds")
+    assert denied.level == "concern" and denied.negated and denied.rule.endswith("(negated)")
+    # ... but a denial never overrides a reviewed pattern
+    assert detector.classify("I'm not suicidal, I just want to die").level == "crisis"
     assert detector.unsafe_reply("dangerous") == "model:0.95"
     assert detector.unsafe_reply("join me") == "invitation"
     assert detector.unsafe_reply("hello") is None
 
 
-def test_context_yes_no_and_accumulated_concern(detector):
-    policy, risk = ContextPolicy(escalate_after=2, window=6), SessionRisk()
+@pytest.mark.parametrize(
+    "answer, level",
+    [
+        ("no", "none"),
+        ("No, I just miss him", "none"),
+        ("نه بابا، فقط دلم گرفته", "none"),
+        ("不是，我只是想你", "none"),
+        ("I'm not suicidal, I promise", "none"),  # an explicit denial is a no too
+        ("yes", "crisis"),
+        ("yes, I mean it", "crisis"),
+        ("آره", "crisis"),
+        ("maybe", "crisis"),
+        ("what do you mean?", "crisis"),  # anything but a clear no
+        ("no, but sometimes I think about it", "crisis"),
+        ("نه ولی گاهی بهش فکر میکنم", "crisis"),
+        ("no, I want to kill myself", "crisis"),  # a crisis pattern is never a no
+    ],
+)
+def test_anything_but_a_clear_no_to_the_direct_question_is_a_crisis(detector, answer, level):
+    policy, risk = ContextPolicy(), SessionRisk()
     assert policy.assess(detector, "worrying", risk).level == "concern" and risk.asked
-    yes = policy.assess(detector, "yes, I mean it", risk)
-    assert yes.level == "crisis" and yes.rule.startswith("context:yes")
+    verdict = policy.assess(detector, answer, risk)
+    assert verdict.level == level and not risk.asked
+    if "myself" in answer:
+        assert verdict.rule and not verdict.rule.startswith(("model", "context"))  # the pattern that fired
+    else:
+        assert verdict.rule == (ANSWERED_NO if level == "none" else ANSWERED_OTHERWISE)
 
-    risk = SessionRisk()
-    policy.assess(detector, "worrying", risk)
-    no = policy.assess(detector, "no, I just miss him", risk)
-    assert no.level == "none" and no.rule.startswith("context:no") and not risk.asked
-    assert policy.assess(detector, "worrying", risk).level == "concern"  # a no starts a new count
 
+def test_concern_accumulates_across_no_answers_within_the_window(detector):
+    policy, risk = ContextPolicy(escalate_after=3, window=8), SessionRisk()
+    assert [policy.assess(detector, m, risk).level for m in ["worrying", "no", "worrying", "no"]] == [
+        "concern",
+        "none",
+        "concern",
+        "none",
+    ]
+    third = policy.assess(detector, "worrying", risk)
+    assert third.level == "crisis" and third.rule == "context:3 concern messages"
+    # outside the window the earlier concerns no longer count
     risk = SessionRisk()
-    policy.assess(detector, "worrying", risk)
-    policy.assess(detector, "hello", risk)  # not an answer: the conversation moved on
-    again = policy.assess(detector, "worrying", risk)
-    assert again.level == "crisis" and again.rule == "context:2 concern messages"
-    # outside the window the earlier concern no longer counts
-    risk = SessionRisk()
-    policy.assess(detector, "worrying", risk)
-    for _ in range(6):
-        policy.assess(detector, "hello", risk)
+    for message in ["worrying", "no", "worrying", "no", *["hello"] * 8]:
+        policy.assess(detector, message, risk)
     assert policy.assess(detector, "worrying", risk).level == "concern"
+    # explicit denials never add up to a crisis
+    risk = SessionRisk()
+    denial = "I don't want to die, alarming as it sounds"
+    assert [policy.assess(detector, denial, risk).level for _ in range(5)] == ["concern", "none"] * 2 + ["concern"]
 
 
-def test_an_explicit_denial_is_asked_about_never_escalated(detector):
-    policy, risk = ContextPolicy(escalate_after=2, window=6), SessionRisk()
-    denial = policy.assess(detector, "I'm not suicidal, I just miss him", risk)  # a crisis rule, negated
-    assert denial.level == "concern" and denial.negated and denial.rule.endswith("(negated)")
-    again = policy.assess(detector, "I'm not suicidal, really", risk)  # answers the question: a no
-    assert again.level == "none" and again.rule.startswith("context:no")
-    assert policy.assess(detector, "I don't want to die", risk).level == "none"
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"crisis_threshold": 0.3, "concern_threshold": 0.6},
+        {"crisis_threshold": "high"},
+        {"reply_threshold": 5},
+    ],
+)
+def test_thresholds_out_of_order_are_a_clear_error(settings):
+    with pytest.raises(HamdamError, match="safety.detector thresholds"):
+        LayeredDetector(SafetyRules(), **settings)
 
 
-def test_thresholds_out_of_order_are_a_clear_error():
-    with pytest.raises(Exception, match="concern_threshold"):
-        LayeredDetector(SafetyRules(), crisis_threshold=0.3, concern_threshold=0.6)
+def test_context_settings_are_checked():
+    with pytest.raises(HamdamError, match="escalate_after"):
+        ContextPolicy(escalate_after=0)
 
 
 @pytest.fixture
@@ -263,11 +301,11 @@ def test_chat_concern_then_no_lets_the_conversation_go_on(chat):
     assert [t.text for t in conversation.turns] == ["سلام بابا", "سلام پسرم"]
 
 
-def test_chat_two_concern_messages_in_a_row_are_a_crisis(chat):
+def test_chat_a_third_concern_message_is_a_crisis_even_after_no_answers(chat):
     engine, _, _ = chat
     conversation = Conversation()
-    assert talk(engine, conversation, "worrying").kind == "concern"
-    assert talk(engine, conversation, "worrying").kind == "crisis"
+    kinds = [talk(engine, conversation, m).kind for m in ["worrying", "no", "worrying", "no", "worrying"]]
+    assert kinds == ["concern", "concern", "concern", "concern", "crisis"]
 
 
 def test_classify_command_prints_levels(tmp_path):
@@ -308,16 +346,25 @@ def test_a_crisis_in_finglish_gets_the_persian_resources(chat):
     assert reply.kind == "crisis" and reply.lang == "fa" and "۱۲۳" in reply.text
 
 
-def test_concepts_block_matches_its_training_matrix():
-    """The concept block is scored as trained: present concepts add their (scaled) weights."""
+def test_concepts_block_scores_as_scikit_learn_trained_it():
+    """n-grams and concepts stacked as in training: the stored model reproduces decision_function."""
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
     examples = load_labeled(REPLY_TRAIN)
+    texts, labels = [e.text for e in examples], [e.label for e in examples]
     model = LinearTrainer(concepts="reply", concept_scale=0.5).fit(examples)
-    text = "بیا پیشم، اینجا آرومه"
-    concepts = model.lexicon(text)
-    assert "k:invite" in concepts and "k:invite+with_me" in concepts
-    without = LinearTextModel(model.analyzer, model.bias, model.weights)
-    added = sum(model.concept_weights.get(f, 0.0) for f in concepts)
-    assert math.isclose(model.decision(text), without.decision(text) + added, abs_tol=1e-9)
+    ngrams = TfidfVectorizer(analyzer=model.analyzer, sublinear_tf=True, min_df=2)
+    concepts = CountVectorizer(analyzer=model.lexicon, binary=True, min_df=2)
+    matrix = hstack([ngrams.fit_transform(texts), concepts.fit_transform(texts) * 0.5]).tocsr()
+    classifier = LogisticRegression(C=10.0, class_weight="balanced", solver="liblinear", max_iter=2000, random_state=0)
+    classifier.fit(matrix, labels)
+    probe = texts[:30] + ["بیا پیشم، اینجا آرومه", "come, the door is open", "来陪我吧"]
+    stacked = hstack([ngrams.transform(probe), concepts.transform(probe) * 0.5]).tocsr()
+    for text, expected in zip(probe, classifier.decision_function(stacked), strict=True):
+        assert math.isclose(model.decision(text), expected, abs_tol=1e-4), text
+    assert "k:invite" in model.lexicon("بیا پیشم") and "k:invite+with_me" in model.lexicon("بیا پیشم")
 
 
 def test_everyday_labels_follow_the_evaluation_corpus_line_by_line():
@@ -326,3 +373,54 @@ def test_everyday_labels_follow_the_evaluation_corpus_line_by_line():
     corpus = [json.loads(line) for line in (REPO / "corpus" / "eval_fa.jsonl").open(encoding="utf-8")]
     assert [row["text"] for row in labels] == [row["instruction"] for row in corpus]
     assert {row["risk"] for row in labels} == {"crisis", "ambiguous", "none"}
+
+
+def test_a_broken_or_foreign_model_file_is_a_clear_error(tmp_path):
+    for content in ["[]", "null", '{"format": "other"}', "not json", '{"format": "hamdam-linear-text/1"}']:
+        path = tmp_path / "model.json"
+        path.write_text(content, encoding="utf-8")
+        with pytest.raises(HamdamError, match="not a valid hamdam model file"):
+            load_model("crisis", str(path))
+    with pytest.raises(HamdamError, match="does not exist"):
+        load_model("crisis", str(tmp_path / "missing.json"))
+    data = json.loads(load_model("reply").to_json())
+    data["lexicon"]["sha256"] = "0" * 64  # trained with another lexicon than the installed one
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(HamdamError, match="another lexicons/reply.yaml"):
+        load_model("reply", str(path))
+
+
+def test_a_patterns_file_missing_sections_is_a_clear_error(tmp_path):
+    path = tmp_path / "patterns.yaml"
+    path.write_text("crisis:\n  en: ['x']\n", encoding="utf-8")
+    with pytest.raises(HamdamError, match="no section crisis_join"):
+        SafetyRules(str(path))
+
+
+@pytest.mark.parametrize(
+    "pattern, script",
+    [
+        (r"خودم(?:و|\s?رو)?\s*بکشم(?!\w)", "arabic"),
+        (r"\bkill(?:ing)? myself\b", "latin"),
+        ("不想死|没有", "han"),
+        (r"فردایی|no\s*return", None),  # either script can match
+        (r"خودکشی|\d{3}", None),  # digits alone can match
+        (r"(?:کاش)?\s*💀", None),  # the Persian part is optional
+        ("(?i)kill", None),
+    ],
+)
+def test_a_pattern_is_skipped_only_where_it_cannot_match(pattern, script):
+    assert gated(pattern)[1] == script
+
+
+def test_every_shipped_pattern_is_searched_whenever_it_could_match():
+    """Gating must not change a decision: each gated pattern matches none of the labeled texts without its script."""
+    texts = [canonical_for_matching(e.text) for e in load_labeled([*CRISIS_TRAIN, *REPLY_TRAIN])]
+    rules, lexicon = SafetyRules(), ConceptLexicon.shipped("crisis")
+    patterns = [p for table in rules._tables.values() for ps in table.values() for p in ps]
+    patterns += [p for ps in lexicon.patterns.values() for p in ps]
+    for compiled, script in patterns:
+        if script is not None:
+            for text in texts:
+                if script not in scripts_in(text):
+                    assert not compiled.search(text), (compiled.pattern, text)

@@ -75,12 +75,15 @@ class RoundExporter:
         return kept
 
     def _unsafe(self, record: dict) -> bool:
-        """A reply the output guard withholds (a /fix included: it teaches the persona), or a crisis
-        message, is never learned, whatever the chat's guard decided when the turn was stored."""
+        """A reply the output guard withholds (a /fix included: it teaches the persona), or a crisis or
+        concern message, is never learned, whatever the chat's guard decided when the turn was stored."""
         harm = self.safety.unsafe_reply(record["response"])
-        if harm is None and not self.safety.classify(record["instruction"]).crisis:
+        if harm is None:
+            level = self.safety.classify(record["instruction"]).level
+            harm = None if level == "none" else f"{level} message"
+        if harm is None:
             return False
-        log.info("turn %d kept out of the round by the safety checks (%s)", record["turn_id"], harm or "crisis")
+        log.info("turn %d kept out of the round by the safety checks (%s)", record["turn_id"], harm)
         return True
 
     def export(self, up_to: int | None = None) -> RoundInfo | None:

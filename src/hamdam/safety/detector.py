@@ -4,19 +4,20 @@ A rule decides alone (it is reviewed and explainable); where no rule fires, the 
 catches what a list of phrasings misses (paraphrase, spelling, Persian in Latin letters). The
 decision always says which layer made it: the pattern, or ``model:0.93``.
 
-Levels of a user message: ``crisis`` (a rule, or a model score at or above ``crisis_threshold``;
-``concern`` instead when the message explicitly denies wanting to die),
-``concern`` (a score between ``concern_threshold`` and ``crisis_threshold``: the bot asks
-directly), ``none``.
+Levels of a user message: ``crisis`` (a rule, or a model score at or above ``crisis_threshold``,
+except that a model-only crisis in a message that explicitly denies wanting to die, or in a very
+short one, is a ``concern``), ``concern`` (a score between ``concern_threshold`` and
+``crisis_threshold``: the bot asks directly), ``none``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from hamdam.errors import HamdamError
 from hamdam.safety.lang import detect_lang
-from hamdam.safety.model import LinearTextModel
+from hamdam.safety.model import LinearTextModel, model_text
 from hamdam.safety.rules import SafetyRules
 
 LEVELS = ("none", "concern", "crisis")
@@ -35,45 +36,71 @@ class Verdict:
         return self.level == "crisis"
 
 
+# Under this length of canonical text ("no", "bye", "一了百了"; a Han character counts twice, as it
+# carries about a word) the model alone never decides a crisis: a few characters carry too little
+# for its score, so the bot asks instead.
+SHORT_CHARS = 10
+_HAN = re.compile("[\u3400-\u9fff]")
+
+
+def is_short(message: str) -> bool:
+    text = model_text(message)
+    return len(text) + len(_HAN.findall(text)) < SHORT_CHARS
+
+
 @dataclass
 class LayeredDetector:
     rules: SafetyRules
     crisis_model: LinearTextModel | None = None
     reply_model: LinearTextModel | None = None
-    crisis_threshold: float = 0.8
+    crisis_threshold: float = 0.65
     concern_threshold: float = 0.5
-    reply_threshold: float = 0.7
+    reply_threshold: float = 0.6
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.concern_threshold <= self.crisis_threshold <= 1.0:
+        values = (self.concern_threshold, self.crisis_threshold, self.reply_threshold)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) or not (
+            0.0 < self.concern_threshold <= self.crisis_threshold <= 1.0 and 0.0 < self.reply_threshold <= 1.0
+        ):
             raise HamdamError(
-                f"safety.detector thresholds must satisfy 0 < concern_threshold <= crisis_threshold <= 1; got "
-                f"concern_threshold={self.concern_threshold}, crisis_threshold={self.crisis_threshold}. "
+                "safety.detector thresholds must be numbers with 0 < concern_threshold <= crisis_threshold <= 1 "
+                f"and 0 < reply_threshold <= 1; got concern_threshold={self.concern_threshold!r}, "
+                f"crisis_threshold={self.crisis_threshold!r}, reply_threshold={self.reply_threshold!r}. "
                 "Fix them in conf/safety or on the command line."
             )
 
-    def classify(self, message: str) -> Verdict:
-        """The level of one message on its own (no conversation context)."""
+    def classify(self, message: str, score: float | None = None) -> Verdict:
+        """The level of one message on its own (no conversation context). ``score`` stands in for the
+        model's own (the benchmark passes a cross-validated one)."""
+        if score is None and self.crisis_model is not None:
+            score = self.crisis_model.score(message)
         lang = detect_lang(message)
         rule = self.rules.crisis_rule(message)
-        score = None if self.crisis_model is None else self.crisis_model.score(message)
+        if rule:  # reviewed patterns decide alone; they handle their own negations
+            return Verdict("crisis", lang, rule, score)
         negated = bool(self.rules.negated(message))
-        if rule or (score is not None and score >= self.crisis_threshold):
-            why = rule or f"model:{score:.2f}"
+        if score is None:
+            return Verdict("none", lang, None, None, negated)
+        if score >= self.crisis_threshold:
+            why = f"model:{score:.2f}"
             if negated:  # "I'm not suicidal, I just miss you": ask, don't assume
                 return Verdict("concern", lang, f"{why} (negated)", score, negated=True)
+            if is_short(message):
+                return Verdict("concern", lang, f"{why} (short)", score)
             return Verdict("crisis", lang, why, score)
-        if score is not None and score >= self.concern_threshold and not negated:
+        if score >= self.concern_threshold and not negated:
             return Verdict("concern", lang, f"model:{score:.2f}", score)
         return Verdict("none", lang, None, score, negated)
 
-    def unsafe_reply(self, reply: str) -> str | None:
-        """Why a generated reply must not reach the user (a rule's kind, or ``model:<score>``), or None."""
+    def unsafe_reply(self, reply: str, score: float | None = None) -> str | None:
+        """Why a generated reply must not reach the user (a rule's kind, or ``model:<score>``), or None.
+        ``score`` stands in for the reply model's own (the benchmark passes a cross-validated one)."""
         kind = self.rules.unsafe_reply(reply)
-        if kind or self.reply_model is None:
+        if kind:
             return kind
-        score = self.reply_model.score(reply)
-        return f"model:{score:.2f}" if score >= self.reply_threshold else None
+        if score is None and self.reply_model is not None:
+            score = self.reply_model.score(reply)
+        return f"model:{score:.2f}" if score is not None and score >= self.reply_threshold else None
 
     def is_identity_question(self, message: str) -> bool:
         return self.rules.is_identity_question(message)

@@ -47,6 +47,7 @@ ENGLISH = frozenset(
     sister brother wife husband son daughter grandma grandpa friend baby people world
     really still even now ever never always much many well back way could would
     die died dead death alive live living kill hurt pain sad sorry please thank thanks hope wish
+    ok okay yeah yep nope hey hi hello bye lol omg idk brb btw thx ty u ur rn tmrw pls im dont cant
     """.split()
 )
 
@@ -67,7 +68,7 @@ _SCRIPT = {
 
 
 def _share(text: str, script: str, letters: int) -> float:
-    return len(_SCRIPT[script].findall(text)) / letters
+    return sum(1 for c in _SCRIPT[script].findall(text) if c.isalpha()) / letters
 
 
 def detect_lang(text: str) -> str:

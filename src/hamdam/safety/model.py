@@ -151,18 +151,21 @@ class LinearTextModel:
     def from_json(cls, text: str, origin: str = "<model>") -> LinearTextModel:
         try:
             data = json.loads(text)
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
-            analyzer = NgramAnalyzer(tuple(data["analyzer"]["char"]), tuple(data["analyzer"]["word"]))
-            weights = {f: (float(v[0]), float(v[1])) for f, v in data["weights"].items()}
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"it is not a {FORMAT!r} object")
+            char, word = (tuple(int(n) for n in data["analyzer"][k]) for k in ("char", "word"))
+            if len(char) != 2 or len(word) != 2:
+                raise ValueError("analyzer.char and analyzer.word must be [min, max]")
+            weights = {str(f): (float(v[0]), float(v[1])) for f, v in dict(data["weights"]).items()}
+            concepts = {str(f): float(w) for f, w in dict(data.get("concepts") or {}).items()}
             lexicon = None
             if data.get("lexicon"):
-                lexicon = ConceptLexicon.shipped(data["lexicon"]["name"])
+                lexicon = ConceptLexicon.shipped(str(data["lexicon"]["name"]))
                 if lexicon.sha256 != data["lexicon"]["sha256"]:
                     raise ValueError(f"it was trained with another lexicons/{lexicon.name}.yaml than the one installed")
-            concepts = {f: float(w) for f, w in data.get("concepts", {}).items()}
-            return cls(analyzer, float(data["bias"]), weights, data.get("meta", {}), lexicon, concepts)
-        except (ValueError, KeyError, TypeError, IndexError) as err:
+            meta = data.get("meta") or {}
+            return cls(NgramAnalyzer(char, word), float(data["bias"]), weights, meta, lexicon, concepts)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, FileNotFoundError) as err:
             raise HamdamError(
                 f"The safety model {origin} is not a valid hamdam model file ({err}). Retrain it with "
                 "`hamdam safety train`, or point the setting at the model shipped with hamdam (null)."
@@ -171,13 +174,17 @@ class LinearTextModel:
 
 def load_model(name: str, path: str | None = None) -> LinearTextModel:
     """A model file given in the config, else the one shipped in the package (``models/<name>.json``)."""
-    if path:
-        source = Path(path)
-        if not source.is_file():
-            raise HamdamError(
-                f"The safety model file {source} does not exist. Train one with `hamdam safety train`, or set "
-                "the path to null to use the model shipped with hamdam."
-            )
-        return LinearTextModel.from_json(source.read_text(encoding="utf-8"), str(source))
-    shipped = resources.files("hamdam.safety").joinpath("models", f"{name}.json")
-    return LinearTextModel.from_json(shipped.read_text(encoding="utf-8"), f"hamdam/safety/models/{name}.json")
+    source = Path(path) if path else resources.files("hamdam.safety").joinpath("models", f"{name}.json")
+    origin = str(source) if path else f"hamdam/safety/models/{name}.json"
+    if not source.is_file():
+        raise HamdamError(
+            f"The safety model file {origin} does not exist. Train one with `hamdam safety train`, or set "
+            "the path to null to use the model shipped with hamdam."
+        )
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise HamdamError(
+            f"The safety model file {origin} cannot be read ({err}); retrain it with `hamdam safety train`."
+        ) from err
+    return LinearTextModel.from_json(text, origin)

@@ -10,13 +10,18 @@ it. The patterns are data (patterns.yaml). They are the first layer; the learned
 from __future__ import annotations
 
 import re
-from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from hamdam.data.normalize import normalize_text
+from hamdam.errors import HamdamError
+
+try:  # the regular-expression parser (Python 3.11+ name, then the 3.10 one)
+    from re import _parser
+except ImportError:  # pragma: no cover
+    import sre_parse as _parser
 
 _MI_SPACE = re.compile(r"(?<!\S)(ن?می|ن?مي) (?=\S)")
 _DIACRITICS = re.compile("[\u064b-\u0652\u0670]")  # harakat and tanween: "واقعاً" -> "واقعا"
@@ -29,8 +34,9 @@ def canonical_for_matching(text: str) -> str:
     return _MI_SPACE.sub(r"\1", text)
 
 
-# A pattern whose literal letters are all of one script cannot match a text without that script,
-# so it is skipped there: most messages are in one script, which makes matching 2-3x faster.
+# A pattern that cannot match without a letter of some script is skipped on a text without that
+# script: most messages are in one script, which makes matching 2-3x faster. Which script a pattern
+# needs is read from its parsed form (hand-written: the re module offers no such analysis).
 _SCRIPT_LETTERS = {
     "arabic": re.compile("[\u0600-\u06ff]"),
     "han": re.compile("[\u3400-\u9fff]"),
@@ -42,11 +48,40 @@ def scripts_in(text: str) -> frozenset[str]:
     return frozenset(name for name, letters in _SCRIPT_LETTERS.items() if letters.search(text))
 
 
+def _script_of(char: int) -> str | None:
+    return next((name for name, letters in _SCRIPT_LETTERS.items() if letters.fullmatch(chr(char))), None)
+
+
+def _needed(items) -> frozenset[str]:
+    """Scripts of which every match of this parsed (sub)pattern contains at least one letter."""
+    needed: set[str] = set()
+    for op, arg in items:
+        name = str(op)
+        if name == "LITERAL":
+            script = _script_of(arg)
+            needed |= {script} if script else set()
+        elif name == "SUBPATTERN":
+            needed |= _needed(arg[-1])
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") and arg[0] >= 1:
+            needed |= _needed(arg[2])
+        elif name == "BRANCH":
+            branches = [_needed(branch) for branch in arg[1]]
+            needed |= frozenset.intersection(*branches) if branches else set()
+        elif name == "ATOMIC_GROUP":
+            needed |= _needed(arg)
+    return frozenset(needed)
+
+
 def gated(pattern: str) -> tuple[re.Pattern[str], str | None]:
-    """The compiled pattern, and the one script its literals are written in (None: several or none)."""
-    literals = re.sub(r"\\[a-zA-Z]", "", pattern)  # \s, \b, \w... are not letters of the text
-    found = [name for name, letters in _SCRIPT_LETTERS.items() if letters.search(literals)]
-    return re.compile(pattern), found[0] if len(found) == 1 else None
+    """The compiled pattern, and a script it cannot match without (None: it may match without any)."""
+    compiled = re.compile(pattern)
+    if compiled.flags & re.IGNORECASE:
+        return compiled, None
+    try:
+        needed = _needed(_parser.parse(pattern))
+    except Exception:  # an analysis we cannot make is no reason to skip: never gate
+        return compiled, None
+    return compiled, min(needed) if needed else None
 
 
 def first_match(patterns: list[tuple[re.Pattern[str], str | None]], text: str, scripts: frozenset[str]) -> str | None:
@@ -64,27 +99,38 @@ def _compile(patterns: list[str]) -> list[tuple[re.Pattern[str], str | None]]:
 class SafetyRules:
     """Loads patterns.yaml (or ``patterns_file``) once; every check is a few regex searches."""
 
-    def __init__(self, patterns_file: str | None = None):
-        if patterns_file:
-            text = Path(patterns_file).read_text(encoding="utf-8")
-        else:
-            text = resources.files("hamdam.safety").joinpath("patterns.yaml").read_text(encoding="utf-8")
-        self.raw = yaml.safe_load(text)
+    SECTIONS = (
+        "crisis",
+        "crisis_join",
+        "visit_or_carrying_on",
+        "identity_question",
+        "unsafe_reply",
+        "answer",
+        "negated",
+    )
 
-    @cached_property
-    def _tables(self) -> dict[str, dict[str, list[re.Pattern[str]]]]:
-        return {
-            section: {key: _compile(values) for key, values in self.raw[section].items()}
-            for section in (
-                "crisis",
-                "crisis_join",
-                "visit_or_carrying_on",
-                "identity_question",
-                "unsafe_reply",
-                "answer",
-                "negated",
-            )
-        }
+    def __init__(self, patterns_file: str | None = None):
+        origin = patterns_file or "hamdam/safety/patterns.yaml"
+        try:
+            if patterns_file:
+                text = Path(patterns_file).read_text(encoding="utf-8")
+            else:
+                text = resources.files("hamdam.safety").joinpath("patterns.yaml").read_text(encoding="utf-8")
+            self.raw = yaml.safe_load(text)
+            missing = [section for section in self.SECTIONS if not isinstance(self.raw.get(section), dict)]
+            if missing:
+                raise ValueError(f"it has no section {', '.join(missing)}")
+            # Compiled now, so a broken pattern stops the start, not the first message of a chat.
+            self._tables = {
+                section: {key: _compile(list(values)) for key, values in self.raw[section].items()}
+                for section in self.SECTIONS
+            }
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, AttributeError, TypeError, re.error) as err:
+            raise HamdamError(
+                f"The safety patterns file {origin} cannot be used ({err}). Start from the shipped "
+                "src/hamdam/safety/patterns.yaml, which has every section, or set safety.detector.rules."
+                "patterns_file to null."
+            ) from err
 
     def _search(self, section: str, key: str, text: str, scripts: frozenset[str] | None = None) -> str | None:
         return first_match(self._tables[section].get(key, []), text, scripts_in(text) if scripts is None else scripts)
@@ -111,12 +157,10 @@ class SafetyRules:
         scripts = scripts_in(text)
         return next((r for key in self._tables["negated"] if (r := self._search("negated", key, text, scripts))), None)
 
-    def answer(self, message: str) -> str | None:
-        """``yes`` or ``no`` when ``message`` answers a yes/no question (it starts with one), else None."""
+    def denies(self, message: str) -> bool:
+        """A clear "no" to a yes/no question: it starts with a denial and no "but" follows."""
         text = canonical_for_matching(message).strip()
-        if self._search("answer", "deny", text):  # first: "نه، آره خوبم" is a no
-            return "no"
-        return "yes" if self._search("answer", "affirm", text) else None
+        return bool(self._search("answer", "deny", text)) and not self._search("answer", "but", text)
 
     def is_identity_question(self, message: str) -> bool:
         text = canonical_for_matching(message)

@@ -27,6 +27,7 @@ from hamdam.safety.model import ConceptLexicon, LinearTextModel, NgramAnalyzer
 log = logging.getLogger(__name__)
 
 KEYS = {"text", "label", "lang", "kind", "family", "variant"}
+LANGS = ("fa", "en", "zh")
 
 
 @dataclass(frozen=True)
@@ -43,24 +44,35 @@ def load_labeled(paths: Iterable[Path]) -> list[Example]:
     """Every record of the JSONL files, or a DataError that names the file and line."""
     examples: list[Example] = []
     for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    if not isinstance(record, dict) or not {"text", "label", "lang", "kind", "family"} <= set(record):
-                        raise ValueError(f"expected an object with the keys {sorted(KEYS)}")
-                    if record["label"] not in (0, 1) or not str(record["text"]).strip():
-                        raise ValueError("label must be 0 or 1 and text must not be empty")
-                except ValueError as err:
-                    raise DataError(
-                        f"{path}, line {number}: not a labeled safety record ({err}). Each line is one JSON "
-                        'object like {"text": "...", "label": 1, "lang": "fa", "kind": "reunion", "family": '
-                        '"go_to_you", "variant": "colloquial"}; fix or remove that line.'
-                    ) from err
-                examples.append(Example(**{k: record.get(k, "") for k in KEYS}))
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"{path} cannot be read as UTF-8 text ({err}); labeled files are UTF-8 JSONL.") from err
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                examples.append(_example(json.loads(line)))
+            except (ValueError, TypeError) as err:
+                raise DataError(
+                    f"{path}, line {number}: not a labeled safety record ({err}). Each line is one JSON object "
+                    'like {"text": "...", "label": 1, "lang": "fa", "kind": "reunion", "family": "go_to_you", '
+                    '"variant": "colloquial"}; fix or remove that line.'
+                ) from err
     return examples
+
+
+def _example(record: object) -> Example:
+    if not isinstance(record, dict) or not {"text", "label", "lang", "kind", "family"} <= set(record):
+        raise ValueError(f"expected an object with the keys {sorted(KEYS)}")
+    if record["label"] not in (0, 1) or isinstance(record["label"], bool):
+        raise ValueError("label must be 0 or 1")
+    fields = {k: record.get(k, "") for k in KEYS - {"label"}}
+    if not all(isinstance(v, str) for v in fields.values()) or not fields["text"].strip():
+        raise ValueError("text, lang, kind, family and variant must be strings, and text must not be empty")
+    if fields["lang"] not in LANGS:
+        raise ValueError(f"lang must be one of {', '.join(LANGS)}")
+    return Example(label=record["label"], **fields)
 
 
 def resolve_files(patterns: Iterable[str], what: str) -> list[Path]:
@@ -68,7 +80,7 @@ def resolve_files(patterns: Iterable[str], what: str) -> list[Path]:
     if not files:
         raise DataError(
             f"No labeled files for the {what} model match {list(patterns)}. Run from the repository root "
-            f"(where corpus/safety/ is), or set safety_train.{what}.data to the labeled JSONL files."
+            f"(where corpus/safety/ is), or set tasks.{what}.data to the labeled JSONL files."
         )
     return files
 
@@ -90,6 +102,17 @@ class LinearTrainer:
     concept_scale: float = 0.5
 
     def fit(self, examples: list[Example], meta: dict | None = None) -> LinearTextModel:
+        if len({e.label for e in examples}) != 2:
+            raise DataError("The labeled data has only one label; a safety model needs examples of both 0 and 1.")
+        try:
+            return self._fit(examples, meta)
+        except ValueError as err:  # scikit-learn: an empty vocabulary (min_df too high for the data), ...
+            raise DataError(
+                f"The safety model cannot be trained on these {len(examples)} examples ({err}). Add data, or "
+                "lower trainer.min_df."
+            ) from err
+
+    def _fit(self, examples: list[Example], meta: dict | None) -> LinearTextModel:
         from scipy.sparse import hstack
         from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
@@ -123,9 +146,14 @@ class LinearTrainer:
         """Each example's score from a model that never saw its family (grouped, stratified k-fold)."""
         from sklearn.model_selection import StratifiedGroupKFold
 
-        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         labels = [e.label for e in examples]
         groups = [e.family for e in examples]
+        if len(set(groups)) < folds:
+            raise DataError(
+                f"Cross-validation over {folds} folds needs at least {folds} families; the data has "
+                f"{len(set(groups))}. Lower cv_folds (0 skips it), or add families."
+            )
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         scores = [0.0] * len(examples)
         for train_idx, test_idx in splitter.split(examples, labels, groups):
             model = self.fit([examples[i] for i in train_idx])
