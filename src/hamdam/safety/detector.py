@@ -12,11 +12,10 @@ short one, is a ``concern``), ``concern`` (a score between ``concern_threshold``
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from hamdam.errors import HamdamError
-from hamdam.safety.lang import detect_lang
+from hamdam.safety.lang import SCRIPT_CHARS, detect_lang
 from hamdam.safety.model import LinearTextModel, model_text
 from hamdam.safety.rules import SafetyRules
 
@@ -40,12 +39,11 @@ class Verdict:
 # carries about a word) the model alone never decides a crisis: a few characters carry too little
 # for its score, so the bot asks instead.
 SHORT_CHARS = 10
-_HAN = re.compile("[\u3400-\u9fff]")
 
 
 def is_short(message: str) -> bool:
     text = model_text(message)
-    return len(text) + len(_HAN.findall(text)) < SHORT_CHARS
+    return len(text) + len(SCRIPT_CHARS["han"].findall(text)) < SHORT_CHARS
 
 
 @dataclass

@@ -17,6 +17,7 @@ import yaml
 
 from hamdam.data.normalize import normalize_text
 from hamdam.errors import HamdamError
+from hamdam.safety.lang import SCRIPT_CHARS
 
 try:  # the regular-expression parser (Python 3.11+ name, then the 3.10 one)
     from re import _parser
@@ -37,19 +38,12 @@ def canonical_for_matching(text: str) -> str:
 # A pattern that cannot match without a letter of some script is skipped on a text without that
 # script: most messages are in one script, which makes matching 2-3x faster. Which script a pattern
 # needs is read from its parsed form (hand-written: the re module offers no such analysis).
-_SCRIPT_LETTERS = {
-    "arabic": re.compile("[\u0600-\u06ff]"),
-    "han": re.compile("[\u3400-\u9fff]"),
-    "latin": re.compile("[a-z]"),
-}
-
-
 def scripts_in(text: str) -> frozenset[str]:
-    return frozenset(name for name, letters in _SCRIPT_LETTERS.items() if letters.search(text))
+    return frozenset(name for name, letters in SCRIPT_CHARS.items() if letters.search(text))
 
 
 def _script_of(char: int) -> str | None:
-    return next((name for name, letters in _SCRIPT_LETTERS.items() if letters.fullmatch(chr(char))), None)
+    return next((name for name, letters in SCRIPT_CHARS.items() if letters.fullmatch(chr(char))), None)
 
 
 def _needed(items) -> frozenset[str]:
