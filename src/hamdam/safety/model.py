@@ -21,6 +21,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ _NOT_WORD = re.compile(r"[^\w]+")
 _RUNS = re.compile(r"(\w)\1{2,}")  # "خیلییییی" / "sooooo" -> one letter
 
 
+@lru_cache(maxsize=256)  # the model and the short-message check both need it for one message
 def model_text(text: str) -> str:
     """The canonical text the model sees: matching spelling, no punctuation, letter runs collapsed."""
     text = _NOT_WORD.sub(" ", canonical_for_matching(text))
@@ -95,7 +97,7 @@ class ConceptLexicon:
 
 @dataclass
 class LinearTextModel:
-    """P(positive | text) from stored idf and weights; ``explain`` names the features behind a score.
+    """P(positive | text) from stored idf and weights.
 
     Two blocks: n-grams (tf-idf, l2-normalized, as scikit-learn computes them) and concepts (present
     or not, each with its weight already multiplied by the concept scale used in training).
@@ -124,11 +126,6 @@ class LinearTextModel:
     def score(self, text: str) -> float:
         z = self.decision(text)
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
-
-    def explain(self, text: str, k: int = 5) -> list[tuple[str, float]]:
-        """The ``k`` features that pushed the score up the most (for review of a decision)."""
-        terms = sorted(self._terms(text).items(), key=lambda kv: -kv[1])
-        return [(f, round(v, 4)) for f, v in terms[:k] if v > 0]
 
     def to_json(self) -> str:
         """One feature per line, sorted, so a retrain shows up in git as a readable diff."""

@@ -10,6 +10,7 @@ it. The patterns are data (patterns.yaml). They are the first layer; the learned
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -28,6 +29,7 @@ _MI_SPACE = re.compile(r"(?<!\S)(ن?می|ن?مي) (?=\S)")
 _DIACRITICS = re.compile("[\u064b-\u0652\u0670]")  # harakat and tanween: "واقعاً" -> "واقعا"
 
 
+@lru_cache(maxsize=256)  # the rules, the model and the short-message check all ask for one message's form
 def canonical_for_matching(text: str) -> str:
     """One spelling for matching: normalized, lower-cased, no diacritics, ZWNJ joined, "می خوام" -> "میخوام"."""
     text = normalize_text(text).lower().replace("\u200c", "").replace("’", "'").replace("‘", "'")
@@ -110,13 +112,13 @@ class SafetyRules:
                 text = Path(patterns_file).read_text(encoding="utf-8")
             else:
                 text = resources.files("hamdam.safety").joinpath("patterns.yaml").read_text(encoding="utf-8")
-            self.raw = yaml.safe_load(text)
-            missing = [section for section in self.SECTIONS if not isinstance(self.raw.get(section), dict)]
+            raw = yaml.safe_load(text)
+            missing = [section for section in self.SECTIONS if not isinstance(raw.get(section), dict)]
             if missing:
                 raise ValueError(f"it has no section {', '.join(missing)}")
             # Compiled now, so a broken pattern stops the start, not the first message of a chat.
             self._tables = {
-                section: {key: _compile(list(values)) for key, values in self.raw[section].items()}
+                section: {key: _compile(list(values)) for key, values in raw[section].items()}
                 for section in self.SECTIONS
             }
         except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, AttributeError, TypeError, re.error) as err:
@@ -126,44 +128,39 @@ class SafetyRules:
                 "patterns_file to null."
             ) from err
 
-    def _search(self, section: str, key: str, text: str, scripts: frozenset[str] | None = None) -> str | None:
-        return first_match(self._tables[section].get(key, []), text, scripts_in(text) if scripts is None else scripts)
+    def _first(self, section: str, text: str, keys: tuple[str, ...] | None = None) -> tuple[str, str] | None:
+        """(key, pattern) of the first pattern of ``section`` (of its ``keys``) that ``text`` matches."""
+        scripts = scripts_in(text)
+        for key in keys or self._tables[section]:
+            rule = first_match(self._tables[section].get(key, []), text, scripts)
+            if rule:
+                return key, rule
+        return None
 
     def crisis_rule(self, message: str) -> str | None:
         """The crisis pattern ``message`` matches, or None. Every language's patterns are tried: people mix them."""
         text = canonical_for_matching(message)
-        scripts = scripts_in(text)
-        for key in self._tables["crisis"]:
-            rule = self._search("crisis", key, text, scripts)
-            if rule:
-                return rule
-        for key in self._tables["crisis_join"]:
-            rule = self._search("crisis_join", key, text, scripts)
-            if rule and not any(
-                self._search("visit_or_carrying_on", k, text, scripts) for k in self._tables["visit_or_carrying_on"]
-            ):
-                return rule
-        return None
+        found = self._first("crisis", text)
+        if found is None:
+            found = self._first("crisis_join", text)
+            if found and self._first("visit_or_carrying_on", text):
+                found = None
+        return found[1] if found else None
 
     def negated(self, message: str) -> str | None:
         """The pattern of an explicit "I don't want to die" in ``message``, or None."""
-        text = canonical_for_matching(message)
-        scripts = scripts_in(text)
-        return next((r for key in self._tables["negated"] if (r := self._search("negated", key, text, scripts))), None)
+        found = self._first("negated", canonical_for_matching(message))
+        return found[1] if found else None
 
     def denies(self, message: str) -> bool:
         """A clear "no" to a yes/no question: it starts with a denial and no "but" follows."""
         text = canonical_for_matching(message).strip()
-        return bool(self._search("answer", "deny", text)) and not self._search("answer", "but", text)
+        return bool(self._first("answer", text, ("deny",))) and not self._first("answer", text, ("but",))
 
     def is_identity_question(self, message: str) -> bool:
-        text = canonical_for_matching(message)
-        return any(self._search("identity_question", key, text) for key in self._tables["identity_question"])
+        return self._first("identity_question", canonical_for_matching(message)) is not None
 
     def unsafe_reply(self, reply: str) -> str | None:
         """The kind of harm in a generated reply (invitation, romanticizes_death, claims_to_be_alive), or None."""
-        text = canonical_for_matching(reply)
-        for kind in self._tables["unsafe_reply"]:
-            if self._search("unsafe_reply", kind, text):
-                return kind
-        return None
+        found = self._first("unsafe_reply", canonical_for_matching(reply))
+        return found[0] if found else None
