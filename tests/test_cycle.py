@@ -14,8 +14,12 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from hamdam.data.records import load_dialogues
-from hamdam.learning.cycle import champion_dir, run_cycle
-from hamdam.learning.store import ChatStore
+from hamdam.errors import HamdamError
+from hamdam.learning.champion import champion_dir
+from hamdam.learning.engine import RoundEngine
+from hamdam.learning.gate import Gate
+from hamdam.learning.retrain import template
+from hamdam.learning.store import ChatStore, RoundStatus, Score
 from hamdam.models.tiny import ensure_tiny_gpt2
 from hamdam.training.run import train
 
@@ -43,6 +47,11 @@ def seed_workspace(root: Path) -> list[dict]:
     return pairs
 
 
+def run_cycle(cfg):
+    """One round as `hamdam learn` runs it."""
+    return RoundEngine(cfg, template(cfg)).run()
+
+
 def test_cycle_trains_from_the_champion_and_gates(tmp_path):
     pairs = seed_workspace(tmp_path)
     heldout = tmp_path / "heldout.jsonl"
@@ -66,8 +75,9 @@ def test_cycle_trains_from_the_champion_and_gates(tmp_path):
         learn = [
             *common, f"learning.store={tmp_path / 'chats.db'}", f"learning.heldout={heldout}", "learning.epochs=1",
         ]  # fmt: skip
-        result = run_cycle(compose("learn", [*learn, "learning.tolerance=100"]))
-        assert result.round == 1 and result.records == 2 and result.promoted
+        promote = ["learning.tolerance=100", "learning.max_drift=100"]
+        result = run_cycle(compose("learn", [*learn, *promote]))
+        assert result.round == 1 and result.kind == "chat" and result.records == 2 and result.promoted
         assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
         client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
         run = client.get_run(result.mlflow_run_id)
@@ -82,7 +92,9 @@ def test_cycle_trains_from_the_champion_and_gates(tmp_path):
         store.add_turn(store.start_session("r1"), "خداحافظ بابا", "خداحافظ پسرم، مواظب خودت باش.", "model", "fa")
         store.close()
         rejected = run_cycle(compose("learn", [*learn, "learning.tolerance=-1"]))  # no candidate can pass
-        assert rejected.round == 2 and not rejected.promoted
+        assert rejected.round == 2 and not rejected.promoted and "tolerance" in rejected.reason
+        # The champion was measured when it was gated (round 1), not again: the same stored figure.
+        assert rejected.ppl_before == result.ppl_after
         assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
 
         # A retrain that fails: its MLflow run is FAILED, and its round is trained in the next cycle.
@@ -93,8 +105,60 @@ def test_cycle_trains_from_the_champion_and_gates(tmp_path):
             run_cycle(compose("learn", [*learn, "learning.train_overrides=['model.optimizer.lr=-1']"]))
         failed = [r for r in client.search_runs([run.info.experiment_id]) if r.data.tags.get("hamdam.round") == "3"]
         assert [r.info.status for r in failed] == ["FAILED"] and "learning rate" in failed[0].data.tags["hamdam.error"]
-        retried = run_cycle(compose("learn", [*learn, "learning.tolerance=100"]))
+        retried = run_cycle(compose("learn", [*learn, *promote]))
         assert retried.round == 3 and retried.records == 1 and retried.promoted
+
+        # Drift is bounded against the first served model (base), not only the champion.
+        store = ChatStore(tmp_path / "chats.db")
+        store.add_turn(store.start_session("r3"), "صبح بخیر بابا", "صبح بخیر پسرم.", "model", "fa")
+        assert store.reference_model() == str((tmp_path / "runs" / "base" / "model").resolve())
+        store.close()
+        drifted = run_cycle(compose("learn", [*learn, "learning.tolerance=100", "learning.max_drift=-1"]))
+        assert not drifted.promoted and "first served model" in drifted.reason
+        store = ChatStore(tmp_path / "chats.db")
+        assert [(r.number, r.status) for r in store.rounds()] == [
+            (1, RoundStatus.PROMOTED), (2, RoundStatus.REJECTED), (3, RoundStatus.PROMOTED), (4, RoundStatus.REJECTED)
+        ]  # fmt: skip
+        # One held-out measurement per model: base and the four candidates.
+        assert store.db.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 5
+        store.close()
+
+
+def test_gate_bounds_the_step_and_the_drift_from_the_first_model():
+    gate = Gate(tolerance=0.02, max_drift=0.05)
+    score = lambda ppl: Score(ppl, ppl * 0.9, ppl * 1.1, 1000)  # noqa: E731
+    assert gate.decide(score(101.5), champion=score(100.0), reference=score(100.0)).promoted
+    assert not gate.decide(score(103.0), champion=score(100.0), reference=score(100.0)).promoted
+    # Three rounds of +1.9% each pass the per-round tolerance but not the bound on drift: 100 -> 105.8.
+    decision = gate.decide(score(105.8), champion=score(103.8), reference=score(100.0))
+    assert not decision.promoted and "max_drift" in decision.reason
+
+
+def test_a_setting_in_learning_train_overrides_reaches_the_rounds_training(tmp_path):
+    """Any `hamdam train` setting reaches a round through the config; one it cannot honour is an error."""
+    pairs = seed_workspace(tmp_path)
+    tiny = ensure_tiny_gpt2([t for p in pairs for t in p.values()], str(tmp_path / "tiny"))
+    common = [f"paths.root_dir={tmp_path}", f"paths.runs_dir={tmp_path / 'runs'}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        train(compose("train", [*common, "experiment=smoke", f"model.name_or_path={tiny}", f"data.path={SAMPLE}",
+                                f"paths.output_dir={tmp_path / 'runs' / 'base'}", "trainer.max_epochs=1",
+                                "callbacks.rich_progress_bar=null"]))  # fmt: skip
+        store = ChatStore(tmp_path / "chats.db")
+        store.add_turn(store.start_session("base"), "سلام بابا", "سلام پسرم، خوبی؟", "model", "fa")
+        store.close()
+        learn = [*common, f"learning.store={tmp_path / 'chats.db'}", f"learning.heldout={tmp_path / 'heldout.jsonl'}",
+                 "learning.epochs=1"]  # fmt: skip
+
+        # The base is a LoRA adapter of rank 8: a round cannot continue it at rank 4, and says so.
+        with pytest.raises(HamdamError, match="model.lora.r=4"):
+            run_cycle(compose("learn", [*learn, "learning.train_overrides=['model=gpt2_fa_qlora','model.lora.r=4']"]))
+
+        cfg = compose("learn", [*learn, "learning.train_overrides=['trainer.accumulate_grad_batches=3']"])
+        result = run_cycle(cfg)
+        params = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.mlflow_run_id).data.params
+        assert params["trainer.accumulate_grad_batches"] == "3"
+        assert params["data.val_path"] == "None" and params["callbacks.model_checkpoint"] == "None"
+        assert params["trainer.max_epochs"] == "1" and params["init_from"].endswith("base/model")
 
 
 @pytest.mark.slow
@@ -118,7 +182,7 @@ def test_piped_learning_session_of_25_turns_makes_two_rounds(tmp_path):
     chat = run_hamdam(
         [
             "chat", "--learn", "learning.every=10", f"learning.heldout={tmp_path / 'heldout.jsonl'}",
-            "learning.epochs=1", "learning.tolerance=100", "learning.include_unrated=true",
+            "learning.epochs=1", "learning.tolerance=100", "learning.max_drift=100", "learning.include_unrated=true",
             "safety.enabled=true", "learning.quality.min_script_ratio=0", *RULES_ONLY,
         ],
         tmp_path,
@@ -157,7 +221,7 @@ def test_piped_learning_session_of_25_turns_makes_two_rounds(tmp_path):
 # The smoke model has random weights: what the learned output guard makes of its gibberish is
 # arbitrary, and these tests count the turns a round takes. The rules still guard the chat and the
 # round (the learned layer has tests and a benchmark of its own).
-RULES_ONLY = ["safety.detector.reply_model=null", "learning.worker_overrides=['safety.detector.reply_model=null']"]
+RULES_ONLY = ["safety.detector.reply_model=null"]
 
 
 def _round_runs(db: Path) -> list[str]:
@@ -188,7 +252,7 @@ def test_sigkill_in_the_middle_of_a_round_loses_no_turn_and_the_restart_redoes_i
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
     learning = [
-        "learning.every=3", f"learning.heldout={tmp_path / 'heldout.jsonl'}", "learning.tolerance=100",
+        "learning.every=3", f"learning.heldout={tmp_path / 'heldout.jsonl'}", "learning.tolerance=100", "learning.max_drift=100",
         "learning.quality.min_script_ratio=0", *RULES_ONLY,
     ]  # fmt: skip
 

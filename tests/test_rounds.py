@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from hamdam.data.quality import QualityFilter
-from hamdam.learning.rounds import RoundExporter
-from hamdam.learning.store import ChatStore
+from hamdam.learning.rounds import ChatTurns, DataVersioner, RoundExporter, RoundFilter
+from hamdam.learning.store import ChatStore, RoundStatus
 from hamdam.safety.detector import LayeredDetector
 from hamdam.safety.rules import SafetyRules
 
@@ -47,12 +47,17 @@ def filled_store(path):
     return store
 
 
+def exporter_for(store: ChatStore, root, safety: LayeredDetector | None = None) -> RoundExporter:
+    return RoundExporter(store, ChatTurns(), RoundFilter(QualityFilter(), safety), DataVersioner(root))
+
+
 def test_a_round_becomes_a_dvc_version_and_a_git_commit(workspace):
     store = filled_store(workspace)
-    exporter = RoundExporter(store, workspace, QualityFilter())
+    exporter = exporter_for(store, workspace)
     before = (workspace / "data.dvc").read_text()
     info = exporter.export()
-    assert info.number == 1 and info.source == "rounds/0001.jsonl" and info.status == "versioned"
+    assert info.number == 1 and info.kind == "chat" and info.source == "rounds/0001.jsonl"
+    assert info.status == RoundStatus.VERSIONED == "versioned"
     rows = [json.loads(line) for line in (workspace / "data" / "rounds" / "0001.jsonl").read_text().splitlines()]
     assert [(r["instruction"], r["response"], r["origin"]) for r in rows] == [
         ("سلام بابا، شماره‌ام [PHONE] هست", "سلام پسرم، خوبی؟", "chat"),
@@ -64,7 +69,7 @@ def test_a_round_becomes_a_dvc_version_and_a_git_commit(workspace):
     )
     assert sh(["dvc", "status", "data.dvc"], workspace).endswith("up to date.")
     assert exporter.export() is None  # nothing new to learn
-    assert [r.number for r in exporter.rounds()] == [1]
+    assert [(r.number, r.kind, r.status) for r in store.rounds()] == [(1, "chat", RoundStatus.VERSIONED)]
 
 
 def test_a_round_learns_nothing_the_output_guard_or_crisis_detector_rejects(workspace):
@@ -76,7 +81,7 @@ def test_a_round_learns_nothing_the_output_guard_or_crisis_detector_rejects(work
     fixed = store.add_turn(session, "کجایی؟", "جواب ضعیف", "model", "fa")
     store.fix(fixed, "من هنوز زنده‌ام پسرم")  # a /fix that claims to be alive
     store.add_turn(session, "می‌خوام خودمو بکشم", "سلام", "model", "fa")  # a crisis message
-    exporter = RoundExporter(store, workspace, QualityFilter(), safety=rules_only())
+    exporter = exporter_for(store, workspace, safety=rules_only())
     info = exporter.export()
     rows = [json.loads(line) for line in (workspace / "data" / info.source).read_text().splitlines()]
     assert [(r["instruction"], r["response"]) for r in rows] == [("سلام بابا", "سلام پسرم، خوبی؟")]
@@ -88,14 +93,15 @@ def rules_only() -> LayeredDetector:
 
 def test_a_round_interrupted_after_the_store_is_finished_on_restart(workspace):
     store = filled_store(workspace)
-    exporter = RoundExporter(store, workspace, QualityFilter())
-    exporter._version = lambda number: (_ for _ in ()).throw(KeyboardInterrupt())  # "killed" here
+    exporter = exporter_for(store, workspace)
+    exporter.version = lambda *args: (_ for _ in ()).throw(KeyboardInterrupt())  # "killed" here
     with pytest.raises(KeyboardInterrupt):
         exporter.export()
     assert not (workspace / "data" / "rounds").exists()
     store.close()
 
-    restarted = RoundExporter(ChatStore(workspace / "chats.db"), workspace, QualityFilter())
+    restarted = exporter_for(ChatStore(workspace / "chats.db"), workspace)
+    assert [r.status for r in restarted.store.rounds()] == [RoundStatus.EXPORTING]
     assert restarted.store.eligible() == []  # the turns belong to round 1 already: never taken twice
     (info,) = restarted.resume()
     assert info.number == 1 and info.records == 2 and info.status == "versioned"

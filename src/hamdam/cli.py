@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "import",
         "PATH --format conv|jsonl|whatsapp|telegram [--speaker NAME]: a new data/ source",
     ),
-    "learn": ("hamdam.learning.cycle:learn", "learn", "one learning round from the stored chats, now"),
+    "learn": ("hamdam.learning.engine:learn", "learn", "one learning round from the stored chats, now"),
     "rounds": ("hamdam.learning.history:rounds", "rounds", "the learning rounds (--json for JSON)"),
     "rollback": ("hamdam.learning.history:rollback", "rounds", "restore data/ and the model of round N"),
     "safety classify": (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 
@@ -12,6 +11,7 @@ from transformers import GenerationConfig
 from hamdam.data.chat_format import ChatFormat
 from hamdam.data.normalize import normalize_text
 from hamdam.data.records import Turn
+from hamdam.models.generation import Generator
 from hamdam.safety.context import ANSWERED_NO, SessionRisk
 from hamdam.safety.guard import SafetyGuard
 
@@ -70,28 +70,21 @@ class ChatEngine:
         generation: GenerationConfig,
         guard: SafetyGuard | None = None,
     ):
-        self.model = model
         self.guard = guard if guard is not None and guard.enabled else None
-        self.chat_format = chat_format
-        window = chat_format.max_length
-        self.generation = copy.deepcopy(generation)
-        max_new = generation.max_new_tokens or 64
-        if max_new > window // 2:
-            log.info(
-                "generation.max_new_tokens=%d leaves no room for context in the model's %d-token window; using %d",
-                max_new,
-                window,
-                window // 2,
-            )
-            max_new = window // 2
-        self.generation.max_new_tokens = max_new
-        self.generation.eos_token_id = chat_format.stop_ids
-        self.generation.pad_token_id = chat_format.pad_id
-        self.prompt_budget = window - max_new
+        self.generation = generation
+        self.generator = Generator(model, chat_format, generation)
 
     @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def model(self) -> torch.nn.Module:
+        return self.generator.model
+
+    @property
+    def chat_format(self) -> ChatFormat:
+        return self.generator.chat_format
+
+    def serve(self, model: torch.nn.Module, chat_format: ChatFormat) -> None:
+        """Answer with another model from the next reply on (a promoted round's)."""
+        self.generator = Generator(model, chat_format, self.generation)
 
     def respond(self, conversation: Conversation, message: str) -> Reply:
         """Safety first (crisis, honesty), then the model, then the output guard."""
@@ -118,18 +111,11 @@ class ChatEngine:
             return Reply(self.guard.safe_replacement(verdict.lang), "replaced", verdict.lang)
         return Reply(text, "model", verdict.lang)
 
-    @torch.inference_mode()
     def generate(self, conversation: Conversation, message: str) -> str:
         """The model's answer to ``message``; never empty, never carrying a next turn."""
-        ids = self.chat_format.encode_prompt(conversation.turns, message, self.prompt_budget)
-        input_ids = torch.tensor([ids], device=self.device)
+        ids = self.chat_format.encode_prompt(conversation.turns, message, self.generator.prompt_budget)
         for _ in range(self.MAX_ATTEMPTS):
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                generation_config=self.generation,
-            )
-            text = self.chat_format.decode_reply(output[0, input_ids.shape[1] :].tolist())
+            text = self.chat_format.decode_reply(self.generator.generate([ids])[0])
             if text:
                 return text
         return "…"

@@ -15,9 +15,9 @@ from transformers.utils import logging as hf_logging
 
 from hamdam.chat.commands import FeedbackState, handle
 from hamdam.chat.engine import OUT_OF_PERSONA, ChatEngine, Conversation
-from hamdam.learning.cycle import champion_dir
+from hamdam.learning.champion import champion_dir
 from hamdam.learning.store import ChatStore
-from hamdam.learning.worker import LearningWorker
+from hamdam.learning.worker import LearningWorker, write_config
 from hamdam.models.export import Exported, load_exported
 from hamdam.safety.guard import SafetyGuard
 
@@ -61,17 +61,6 @@ def answer(engine: ChatEngine, conversation: Conversation, feedback: FeedbackSta
     return reply.text
 
 
-def chat_overrides(prefix: str) -> list[str]:
-    """This chat's own command-line overrides under ``prefix``, to hand on to its rounds."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        task = HydraConfig.get().overrides.task
-    except ValueError:  # not started by Hydra (a library caller)
-        return []
-    return [o for o in task if o.startswith(prefix) and not o.startswith("learning.enabled")]
-
-
 def start_parent_run(cfg: DictConfig) -> str | None:
     """The MLflow run of this chat session: each round's run is nested under it. No chat text."""
     if not cfg.get("tracking_uri"):
@@ -82,7 +71,7 @@ def start_parent_run(cfg: DictConfig) -> str | None:
     experiment = client.get_experiment_by_name("hamdam")
     experiment_id = experiment.experiment_id if experiment else client.create_experiment("hamdam")
     run = client.create_run(experiment_id, run_name="chat-session", tags={"hamdam.kind": "chat-session"})
-    for key in ("every", "include_unrated", "epochs", "replay_ratio", "tolerance"):
+    for key in ("every", "include_unrated", "epochs", "replay_ratio", "tolerance", "max_drift", "heldout_size"):
         client.log_param(run.info.run_id, f"learning.{key}", cfg.learning[key])
     return run.info.run_id
 
@@ -91,12 +80,10 @@ def start_learning(cfg: DictConfig, model_dir: Path) -> FeedbackState:
     """Open the chat store, and the worker that runs a round every ``learning.every`` turns."""
     store = ChatStore(cfg.learning.store)
     runs_dir = Path(cfg.paths.runs_dir)
-    overrides = [f"paths.root_dir={cfg.paths.root_dir}", f"paths.runs_dir={runs_dir}"]
-    overrides += [f"learning.store={cfg.learning.store}", *chat_overrides("learning."), *cfg.learning.worker_overrides]
     parent = start_parent_run(cfg)
-    if parent:
-        overrides.append(f"parent_run={parent}")
-    worker = LearningWorker(cfg.learning.every, overrides, runs_dir / "rounds" / "learn.log")
+    config_file = write_config(cfg, runs_dir / "rounds" / "worker.yaml", parent)
+    worker = LearningWorker(cfg.learning.every, config_file, runs_dir / "rounds" / "learn.log")
+    worker.start()
     state = FeedbackState(
         store,
         store.start_session(str(model_dir.resolve())),
@@ -106,11 +93,10 @@ def start_learning(cfg: DictConfig, model_dir: Path) -> FeedbackState:
         parent_run=parent,
         quantization=cfg.get("quantization"),
     )
-    if store.db.execute("SELECT 1 FROM rounds WHERE status IN ('exporting', 'versioned', 'failed')").fetchone():
+    if store.has_unfinished_rounds():
         # A round was cut short (killed) or failed last time: finish it now, over the turns stored
         # before this session, so this session's own turns count towards its own rounds.
-        last = store.db.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
-        worker.request(up_to=last)
+        worker.request(up_to=store.last_turn_id())
     return state
 
 
@@ -122,7 +108,7 @@ def between_turns(engine: ChatEngine, feedback: FeedbackState) -> None:
     champion = champion_dir(feedback.runs_dir)
     if champion.resolve() != feedback.serving.resolve():
         exported = load_for_chat(champion, feedback.quantization)
-        engine.model, engine.chat_format = exported.model, exported.chat_format
+        engine.serve(exported.model, exported.chat_format)
         feedback.serving = champion
         log.info("now serving the promoted model %s", champion)
 

@@ -11,75 +11,34 @@ import csv
 import io
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from transformers import GenerationConfig, set_seed
 
-from hamdam.data.chat_format import ChatFormat
-from hamdam.data.datamodule import DialogueCollator
-from hamdam.data.records import Dialogue, load_dialogues
+from hamdam.data.records import load_dialogues
 from hamdam.evaluation.metrics import generation_metrics
+from hamdam.evaluation.perplexity import perplexity
 from hamdam.io import write_atomic_text
 from hamdam.models.export import load_exported
+from hamdam.models.generation import Generator
 
 log = logging.getLogger(__name__)
 
 
-@torch.inference_mode()
-def perplexity(
-    model: torch.nn.Module, chat_format: ChatFormat, dialogues: list[Dialogue], batch_size: int
-) -> dict[str, float]:
-    """Per-token negative log-likelihood of the replies (the training targets) and its exp."""
-    collate = DialogueCollator(chat_format.pad_id)
-    examples = [chat_format.encode_dialogue(d) for d in dialogues]
-    total, tokens = 0.0, 0
-    device = next(model.parameters()).device
-    for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        targets = batch["labels"][:, 1:]
-        total += torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
-        ).item()
-        tokens += int((targets != -100).sum())
-    loss = total / max(tokens, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "target_tokens": tokens}
-
-
-@torch.inference_mode()
-def generate_replies(
-    model: torch.nn.Module,
-    chat_format: ChatFormat,
-    prompts: list[str],
-    generation: GenerationConfig,
-    batch_size: int,
-) -> tuple[list[str], list[bool]]:
-    """Replies to single-turn prompts, batched with left padding; and whether each ended by itself."""
-    budget = chat_format.max_length - generation.max_new_tokens
-    stops = set(chat_format.stop_ids)
-    generation.eos_token_id = chat_format.stop_ids
-    generation.pad_token_id = chat_format.pad_id
-    device = next(model.parameters()).device
+def generate_replies(generator: Generator, prompts: list[str], batch_size: int) -> tuple[list[str], list[bool]]:
+    """Replies to single-turn prompts, in batches; and whether each ended by itself."""
+    chat_format = generator.chat_format
     replies, clean = [], []
     for start in range(0, len(prompts), batch_size):
-        encoded = [chat_format.encode_prompt([], p, budget) for p in prompts[start : start + batch_size]]
-        width = max(len(e) for e in encoded)
-        input_ids = torch.full((len(encoded), width), chat_format.pad_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for row, ids in enumerate(encoded):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
-        output = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=generation
-        )
-        for row in output[:, width:].tolist():
+        encoded = [
+            chat_format.encode_prompt([], p, generator.prompt_budget) for p in prompts[start : start + batch_size]
+        ]
+        for row in generator.generate(encoded):
             replies.append(chat_format.decode_reply(row))
-            clean.append(any(i in stops for i in row))
+            clean.append(generator.ended(row))
     return replies, clean
 
 
@@ -126,13 +85,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {}
     ppl = perplexity(model, chat_format, dialogues, cfg.batch_size)
-    metrics.update({"eval_loss": ppl["loss"], "eval_perplexity": ppl["perplexity"]})
+    metrics.update({"eval_loss": ppl.loss, "eval_perplexity": ppl.perplexity})
 
     generation: GenerationConfig = instantiate(cfg.generation)
-    generation.max_new_tokens = min(cfg.max_new_tokens, chat_format.max_length // 2)
+    generation.max_new_tokens = cfg.max_new_tokens
     subset = dialogues[: cfg.num_generate] if cfg.num_generate else dialogues
     prompts = [d.first_user_text for d in subset]
-    replies, clean = generate_replies(model, chat_format, prompts, generation, cfg.batch_size)
+    replies, clean = generate_replies(Generator(model, chat_format, generation), prompts, cfg.batch_size)
     metrics.update(generation_metrics(replies, clean, cfg.script))
     metrics["eval_pairs"] = len(dialogues)
     metrics["generated"] = len(replies)

@@ -17,9 +17,8 @@ from omegaconf import DictConfig
 
 from hamdam.errors import HamdamError
 from hamdam.io import write_atomic_text
-from hamdam.learning.cycle import CHAMPION_FILE
+from hamdam.learning.champion import serve
 from hamdam.learning.store import ChatStore
-from hamdam.models.export import write_pointer
 
 
 def _mlflow_runs(tracking_uri: str) -> dict[str, dict]:
@@ -48,18 +47,22 @@ def _ppl(value: float | None) -> str:
 def rounds(cfg: DictConfig) -> list[dict]:
     store = ChatStore(cfg.learning.store)
     try:
-        rows = store.db.execute(
-            "SELECT id, source, records, status, data_md5, git_commit FROM rounds ORDER BY id"
-        ).fetchall()
+        rows = store.rounds()
     finally:
         store.close()
     runs = _mlflow_runs(cfg.tracking_uri)
     none = {"mlflow_run": None, "ppl_before": None, "ppl_after": None}
-    table = [
-        {"round": number, "source": source, "records": records, "status": status, "data_md5": md5,
-         "git_commit": commit, **runs.get(str(number), none)}
-        for number, source, records, status, md5, commit in rows
-    ]  # fmt: skip
+    table = []
+    for r in rows:
+        run = runs.get(str(r.number), none)
+        table.append({
+            "round": r.number, "kind": r.kind, "source": r.source, "records": r.records, "status": str(r.status),
+            "data_md5": r.data_md5, "git_commit": r.git_commit, "mlflow_run": run["mlflow_run"],
+            # The store holds what the gate compared; MLflow, for rounds gated before it did.
+            "ppl_before": r.ppl_before if r.ppl_before is not None else run["ppl_before"],
+            "ppl_after": r.ppl_after if r.ppl_after is not None else run["ppl_after"],
+            "model_dir": r.model_dir,
+        })  # fmt: skip
     if cfg.json:
         sys.stdout.write(json.dumps(table) + "\n")
     else:
@@ -83,15 +86,15 @@ def rollback(cfg: DictConfig) -> None:
     root = Path(cfg.paths.root_dir)
     store = ChatStore(cfg.learning.store)
     try:
-        row = store.db.execute("SELECT git_commit, data_md5 FROM rounds WHERE id = ?", (number,)).fetchone()
+        row = store.round(number)
     finally:
         store.close()
-    if row is None or row[0] is None:
+    if row is None or row.git_commit is None:
         raise HamdamError(
             f"Round {number} has no recorded data version (unknown round, or the workspace is not a git "
             "repository). `hamdam rounds` lists the rounds that can be restored."
         )
-    commit, md5 = row
+    commit, md5 = row.git_commit, row.data_md5
     dvc_file = subprocess.run(
         ["git", "-C", str(root), "show", f"{commit}:data.dvc"], capture_output=True, text=True, check=True
     ).stdout
@@ -102,7 +105,7 @@ def rollback(cfg: DictConfig) -> None:
         repo.checkout(targets=[str(root / "data.dvc")], force=True)
     model_dir = Path(cfg.paths.runs_dir) / "rounds" / f"{number:04d}" / "model"
     if model_dir.is_dir():
-        write_pointer(Path(cfg.paths.runs_dir) / CHAMPION_FILE, model_dir, {"round": number, "rollback": True})
+        serve(Path(cfg.paths.runs_dir), model_dir, {"round": number, "rollback": True})
     sys.stdout.write(
         f"data/ is round {number}'s version ({md5}); serving {model_dir if model_dir.is_dir() else 'unchanged'}\n"
     )

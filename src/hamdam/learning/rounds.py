@@ -1,9 +1,15 @@
-"""Learning rounds, data side: eligible turns -> an immutable source under data/rounds/ -> a DVC version.
+"""A round's data side, in three named steps: collect -> filter -> version.
 
-Crash-safe order: the round and the turns it takes are recorded in the chat store in one
-transaction first; the data file, ``dvc add data`` and the git commit follow and are redone on the
-next start if the process died in between (``resume``). The file's bytes depend only on the stored
-turns, so redoing a step writes the same version.
+- **collect**: a collector of the round's kind claims its material in the chat store in one
+  transaction (a ``chat`` round: the eligible turns), recording the round as ``exporting``.
+- **filter**: the claimed material becomes records, and only those passing the quality filters
+  and the safety checks are kept.
+- **version**: the records are written to ``data/rounds/NNNN.jsonl``, ``dvc add data`` and a git
+  commit of ``data.dvc`` follow, and the round becomes ``versioned``.
+
+Crash-safe order: the claim is committed first; filter and version are redone on the next start if
+the process died in between (``resume``). The file's bytes depend only on what the store holds, so
+redoing the steps writes the same version.
 """
 
 from __future__ import annotations
@@ -12,13 +18,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from hamdam.data.normalize import normalize_text
 from hamdam.data.quality import QualityFilter
 from hamdam.data.records import Dialogue, Turn
 from hamdam.data.versioning import dvc_add_data, git_commit_data_dvc
 from hamdam.io import write_atomic_text
-from hamdam.learning.store import ChatStore, StoredTurn, _now
+from hamdam.learning.store import ChatStore, RoundStatus, StoredTurn
 from hamdam.safety.detector import LayeredDetector
 from hamdam.safety.pii import scrub
 
@@ -28,11 +35,22 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RoundInfo:
     number: int
+    kind: str
     source: str
     records: int
-    status: str
+    status: RoundStatus
     data_md5: str | None
     git_commit: str | None
+
+
+class Collector(Protocol):
+    """Where a kind of round gets its material. ``candidates`` reads only what ``collect`` stored."""
+
+    kind: str
+
+    def collect(self, store: ChatStore, up_to: int | None) -> int | None: ...
+
+    def candidates(self, store: ChatStore, number: int) -> list[dict]: ...
 
 
 def round_record(turn: StoredTurn) -> dict:
@@ -46,28 +64,35 @@ def round_record(turn: StoredTurn) -> dict:
     }
 
 
-class RoundExporter:
-    def __init__(
-        self,
-        store: ChatStore,
-        root: Path,
-        quality: QualityFilter,
-        include_unrated: bool = True,
-        safety: LayeredDetector | None = None,
-    ):
-        self.store = store
-        self.root = Path(root)
-        self.quality = quality
+class ChatTurns:
+    """``chat`` rounds: the stored turns nobody excluded (/bad, /forget, crisis, withheld replies)."""
+
+    kind = "chat"
+
+    def __init__(self, include_unrated: bool = True):
         self.include_unrated = include_unrated
+
+    def collect(self, store: ChatStore, up_to: int | None) -> int | None:
+        turns = store.eligible(self.include_unrated, up_to)
+        return store.open_round(self.kind, [t.id for t in turns]) if turns else None
+
+    def candidates(self, store: ChatStore, number: int) -> list[dict]:
+        return [round_record(t) for t in store.round_turns(number)]
+
+
+class RoundFilter:
+    """Model-written replies pass the filters generated data passes (a /fix is the user's own text);
+    no reply the output guard withholds and no crisis or concern message is ever learned."""
+
+    def __init__(self, quality: QualityFilter, safety: LayeredDetector | None = None):
+        self.quality = quality
         self.safety = safety
 
-    def _records(self, turns: list[StoredTurn]) -> list[dict]:
+    def __call__(self, records: list[dict]) -> list[dict]:
         kept = []
-        for turn in turns:
-            record = round_record(turn)
+        for record in records:
             dialogue = Dialogue((Turn("user", record["instruction"]), Turn("assistant", record["response"])))
-            # Model-written replies pass the filters generated data passes; a /fix is the user's own text.
-            if record["origin"] == "chat" and self.quality.reject(dialogue):
+            if record["origin"] != "human" and self.quality.reject(dialogue):
                 continue
             if self.safety is not None and self._unsafe(record):
                 continue
@@ -75,59 +100,52 @@ class RoundExporter:
         return kept
 
     def _unsafe(self, record: dict) -> bool:
-        """A reply the output guard withholds (a /fix included: it teaches the persona), or a crisis or
-        concern message, is never learned, whatever the chat's guard decided when the turn was stored."""
-        harm = self.safety.unsafe_reply(record["response"])
+        harm = self.safety.unsafe_reply(record["response"])  # a /fix too: it teaches the persona
         if harm is None:
             level = self.safety.classify(record["instruction"]).level
             harm = None if level == "none" else f"{level} message"
         if harm is None:
             return False
-        log.info("turn %d kept out of the round by the safety checks (%s)", record["turn_id"], harm)
+        log.info("record %s kept out of the round by the safety checks (%s)", record.get("turn_id", "?"), harm)
         return True
 
-    def export(self, up_to: int | None = None) -> RoundInfo | None:
-        """Take the eligible turns (up to turn ``up_to``) into a new round; None when there are none."""
-        turns = self.store.eligible(self.include_unrated, up_to)
-        if not turns:
-            return None
-        with self.store.transaction() as db:
-            number = (db.execute("SELECT COALESCE(MAX(id), 0) FROM rounds").fetchone()[0]) + 1
-            source = f"rounds/{number:04d}.jsonl"
-            db.execute(
-                "INSERT INTO rounds(id, created_at, source, records, status) VALUES (?, ?, ?, 0, 'exporting')",
-                (number, _now(), source),
-            )
-            db.executemany("UPDATE turns SET round_id = ? WHERE id = ?", [(number, t.id) for t in turns])
-        return self._version(number)
 
-    def resume(self) -> list[RoundInfo]:
-        """Finish rounds a crash left between the store and the DVC version."""
-        pending = [r[0] for r in self.store.db.execute("SELECT id FROM rounds WHERE status = 'exporting' ORDER BY id")]
-        return [self._version(number) for number in pending]
+class DataVersioner:
+    """Writes a round's records as a new source under data/ and versions data/ (DVC, then git)."""
 
-    def _version(self, number: int) -> RoundInfo:
-        rows = self.store.db.execute(
-            "SELECT id, session_id, message, reply, kind, lang, rating, fixed_reply FROM turns WHERE round_id = ? "
-            "ORDER BY id",
-            (number,),
-        ).fetchall()
-        records = self._records([StoredTurn(*row) for row in rows])
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __call__(self, number: int, kind: str, records: list[dict]) -> tuple[str, str | None, str | None]:
         source = f"rounds/{number:04d}.jsonl"
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
         write_atomic_text(self.root / "data" / source, text)
         md5 = dvc_add_data(self.root)
         commit = git_commit_data_dvc(self.root, f"data: learning round {number} ({len(records)} records)")
-        with self.store.transaction() as db:
-            db.execute(
-                "UPDATE rounds SET records = ?, status = 'versioned', data_md5 = ?, git_commit = ? WHERE id = ?",
-                (len(records), md5, commit, number),
-            )
-        log.info("round %d: %d records in data/%s, data.dvc %s", number, len(records), source, md5)
-        return RoundInfo(number, source, len(records), "versioned", md5, commit)
+        log.info("round %d (%s): %d records in data/%s, data.dvc %s", number, kind, len(records), source, md5)
+        return source, md5, commit
 
-    def rounds(self) -> list[RoundInfo]:
-        rows = self.store.db.execute(
-            "SELECT id, source, records, status, data_md5, git_commit FROM rounds ORDER BY id"
-        ).fetchall()
-        return [RoundInfo(*row) for row in rows]
+
+class RoundExporter:
+    """The data side of a round: collect, then filter and version (redone by ``resume`` after a crash)."""
+
+    def __init__(self, store: ChatStore, collector: Collector, select: RoundFilter, version: DataVersioner):
+        self.store = store
+        self.collector = collector
+        self.filter = select
+        self.version = version
+
+    def export(self, up_to: int | None = None) -> RoundInfo | None:
+        """A new round over the material collected up to ``up_to``; None when there is none."""
+        number = self.collector.collect(self.store, up_to)
+        return None if number is None else self._finish(number)
+
+    def resume(self) -> list[RoundInfo]:
+        """Finish the rounds a crash left between the store and the DVC version."""
+        return [self._finish(r.number) for r in self.store.rounds(RoundStatus.EXPORTING)]
+
+    def _finish(self, number: int) -> RoundInfo:
+        records = self.filter(self.collector.candidates(self.store, number))
+        source, md5, commit = self.version(number, self.collector.kind, records)
+        self.store.mark_versioned(number, len(records), md5, commit)
+        return RoundInfo(number, self.collector.kind, source, len(records), RoundStatus.VERSIONED, md5, commit)

@@ -1,4 +1,5 @@
-"""The chat store: every completed turn in SQLite (WAL), committed before the reply is shown.
+"""The chat store: every completed turn in SQLite (WAL), committed before the reply is shown, and
+the learning rounds made of them. Every query on these tables lives here.
 
 Why SQLite in WAL mode with synchronous=FULL: one file, no server, and a committed transaction
 survives the process being killed at any instant (kill -9 included), so no completed turn is ever
@@ -9,13 +10,28 @@ never logged and never sent to MLflow.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 
-SCHEMA = """
+
+class RoundStatus(StrEnum):
+    """Where a round is. A crash leaves it where it was; the next cycle carries it on from there."""
+
+    EXPORTING = "exporting"  # recorded with its turns; data file, DVC version or commit still to write
+    VERSIONED = "versioned"  # data/ versioned (DVC + git); to be trained
+    FAILED = "failed"  # its retrain failed; trained again with the next round
+    PROMOTED = "promoted"  # trained, passed the gate, served
+    REJECTED = "rejected"  # trained, failed the gate; its data stays versioned
+
+
+TO_TRAIN = (RoundStatus.VERSIONED, RoundStatus.FAILED)
+UNFINISHED = (RoundStatus.EXPORTING, *TO_TRAIN)
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,
     started_at TEXT NOT NULL,
@@ -40,11 +56,35 @@ CREATE TABLE IF NOT EXISTS rounds (
     created_at TEXT NOT NULL,
     source TEXT NOT NULL,            -- data/rounds/NNNN.jsonl
     records INTEGER NOT NULL,
-    status TEXT NOT NULL,            -- exporting | versioned
+    status TEXT NOT NULL,            -- {" | ".join(RoundStatus)}
     data_md5 TEXT,                   -- data.dvc's hash of data/ after this round
-    git_commit TEXT
+    git_commit TEXT,
+    kind TEXT NOT NULL DEFAULT 'chat',  -- chat | import | generated: where its records came from
+    base_dir TEXT,                   -- the model it was trained from (the champion then)
+    model_dir TEXT,                  -- the model its training wrote
+    ppl_before REAL,                 -- held-out perplexity of base_dir
+    ppl_after REAL                   -- held-out perplexity of model_dir
+);
+-- Held-out perplexity of a model, measured once (at its gate) per held-out subset.
+CREATE TABLE IF NOT EXISTS scores (
+    model_dir TEXT NOT NULL,
+    heldout TEXT NOT NULL,           -- fingerprint of the held-out file and subset
+    perplexity REAL NOT NULL,
+    low REAL NOT NULL,               -- 95% bootstrap interval over dialogues
+    high REAL NOT NULL,
+    tokens INTEGER NOT NULL,
+    PRIMARY KEY (model_dir, heldout)
 );
 """
+
+# Columns added to ``rounds`` after the first release: stores written then are upgraded in place.
+_ROUND_COLUMNS = {
+    "kind": "TEXT NOT NULL DEFAULT 'chat'",
+    "base_dir": "TEXT",
+    "model_dir": "TEXT",
+    "ppl_before": "REAL",
+    "ppl_after": "REAL",
+}
 
 
 def _now() -> str:
@@ -63,6 +103,43 @@ class StoredTurn:
     fixed_reply: str | None
 
 
+@dataclass(frozen=True)
+class RoundRow:
+    number: int
+    kind: str
+    source: str
+    records: int
+    status: RoundStatus
+    data_md5: str | None
+    git_commit: str | None
+    base_dir: str | None = None
+    model_dir: str | None = None
+    ppl_before: float | None = None
+    ppl_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Score:
+    """A held-out perplexity with its 95% interval (bootstrap over dialogues) and token count."""
+
+    perplexity: float
+    low: float
+    high: float
+    tokens: int
+
+
+_TURN_COLUMNS = "t.id, t.session_id, t.message, t.reply, t.kind, t.lang, t.rating, t.fixed_reply"
+_ROUND_SELECT = (
+    "SELECT id, kind, source, records, status, data_md5, git_commit, base_dir, model_dir, ppl_before, ppl_after "
+    "FROM rounds"
+)
+
+
+def _round(row: tuple) -> RoundRow:
+    number, kind, source, records, status, *rest = row
+    return RoundRow(number, kind, source, records, RoundStatus(status), *rest)
+
+
 class ChatStore:
     """One connection per store; each write is its own committed transaction."""
 
@@ -74,6 +151,10 @@ class ChatStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(rounds)")}
+        for column, declaration in _ROUND_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE rounds ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self.db.close()
@@ -88,6 +169,8 @@ class ChatStore:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    # --- sessions and turns -------------------------------------------------------------------
 
     def start_session(self, model_dir: str | None) -> int:
         with self.transaction() as db:
@@ -122,6 +205,9 @@ class ChatStore:
             query, args = query + " WHERE session_id = ?", (session_id,)
         return self.db.execute(query, args).fetchone()[0]
 
+    def last_turn_id(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
+
     def eligible(self, include_unrated: bool = True, up_to: int | None = None) -> list[StoredTurn]:
         """Turns a round may learn from: not yet used, not /bad, not forgotten, not crisis.
 
@@ -129,8 +215,8 @@ class ChatStore:
         one only when ``include_unrated`` (the seed learned from every reply).
         """
         rows = self.db.execute(
-            """
-            SELECT t.id, t.session_id, t.message, t.reply, t.kind, t.lang, t.rating, t.fixed_reply
+            f"""
+            SELECT {_TURN_COLUMNS}
             FROM turns t JOIN sessions s ON s.id = t.session_id
             WHERE t.round_id IS NULL AND s.forgotten = 0 AND t.kind = 'model'
               AND (t.rating IS NULL OR t.rating = 'good') AND t.id <= ?
@@ -140,3 +226,77 @@ class ChatStore:
         ).fetchall()
         turns = [StoredTurn(*row) for row in rows]
         return [t for t in turns if include_unrated or t.rating == "good"]
+
+    def round_turns(self, number: int) -> list[StoredTurn]:
+        rows = self.db.execute(f"SELECT {_TURN_COLUMNS} FROM turns t WHERE t.round_id = ? ORDER BY t.id", (number,))
+        return [StoredTurn(*row) for row in rows.fetchall()]
+
+    # --- rounds -------------------------------------------------------------------------------
+
+    def open_round(self, kind: str, turn_ids: Iterable[int] = ()) -> int:
+        """A new round (``exporting``) and the turns it takes, in one transaction; returns its number."""
+        with self.transaction() as db:
+            number = db.execute("SELECT COALESCE(MAX(id), 0) FROM rounds").fetchone()[0] + 1
+            db.execute(
+                "INSERT INTO rounds(id, created_at, source, records, status, kind) VALUES (?, ?, ?, 0, ?, ?)",
+                (number, _now(), f"rounds/{number:04d}.jsonl", RoundStatus.EXPORTING, kind),
+            )
+            db.executemany("UPDATE turns SET round_id = ? WHERE id = ?", [(number, t) for t in turn_ids])
+        return number
+
+    def mark_versioned(self, number: int, records: int, data_md5: str | None, git_commit: str | None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE rounds SET records = ?, status = ?, data_md5 = ?, git_commit = ? WHERE id = ?",
+                (records, RoundStatus.VERSIONED, data_md5, git_commit, number),
+            )
+
+    def set_status(self, numbers: Iterable[int], status: RoundStatus) -> None:
+        with self.transaction() as db:
+            db.executemany("UPDATE rounds SET status = ? WHERE id = ?", [(status, n) for n in numbers])
+
+    def record_training(
+        self, numbers: Iterable[int], status: RoundStatus, base_dir: str, model_dir: str, before: float, after: float
+    ) -> None:
+        """The outcome of training ``numbers`` together: the gate's decision and what it compared."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE rounds SET status = ?, base_dir = ?, model_dir = ?, ppl_before = ?, ppl_after = ? WHERE id = ?",
+                [(status, base_dir, model_dir, before, after, n) for n in numbers],
+            )
+
+    def rounds(self, *statuses: RoundStatus) -> list[RoundRow]:
+        """Rounds in order, all or those in ``statuses``."""
+        if not statuses:
+            return [_round(r) for r in self.db.execute(f"{_ROUND_SELECT} ORDER BY id")]
+        marks = ", ".join("?" for _ in statuses)
+        rows = self.db.execute(f"{_ROUND_SELECT} WHERE status IN ({marks}) ORDER BY id", tuple(statuses))
+        return [_round(r) for r in rows]
+
+    def round(self, number: int) -> RoundRow | None:
+        row = self.db.execute(f"{_ROUND_SELECT} WHERE id = ?", (number,)).fetchone()
+        return None if row is None else _round(row)
+
+    def has_unfinished_rounds(self) -> bool:
+        return bool(self.rounds(*UNFINISHED))
+
+    def reference_model(self) -> str | None:
+        """The first model learning started from: the gate bounds drift against it."""
+        row = self.db.execute("SELECT base_dir FROM rounds WHERE base_dir IS NOT NULL ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else row[0]
+
+    # --- held-out scores ----------------------------------------------------------------------
+
+    def score(self, model_dir: str, heldout: str) -> Score | None:
+        row = self.db.execute(
+            "SELECT perplexity, low, high, tokens FROM scores WHERE model_dir = ? AND heldout = ?", (model_dir, heldout)
+        ).fetchone()
+        return None if row is None else Score(*row)
+
+    def save_score(self, model_dir: str, heldout: str, score: Score) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO scores(model_dir, heldout, perplexity, low, high, tokens) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (model_dir, heldout, score.perplexity, score.low, score.high, score.tokens),
+            )

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from hamdam.data.chat_format import IGNORE_INDEX
+from hamdam.evaluation.perplexity import token_nll
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], Any]
@@ -36,10 +36,6 @@ class DialogueLM(L.LightningModule):
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
 
-    @staticmethod
-    def target_tokens(labels: torch.Tensor) -> int:
-        return int((labels[:, 1:] != IGNORE_INDEX).sum())
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch).loss
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["input_ids"].size(0))
@@ -49,8 +45,10 @@ class DialogueLM(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss = self.model(**batch).loss
-        self.val_nll.update(loss.detach().float(), weight=self.target_tokens(batch["labels"]))
+        nll, tokens = token_nll(self.model, batch)
+        count = tokens.sum()
+        if count > 0:
+            self.val_nll.update(nll.sum() / count, weight=count)
 
     def on_validation_epoch_end(self) -> None:
         nll = self.val_nll.compute()
