@@ -14,6 +14,12 @@ In a fresh git + DVC workspace holding the corpus (data/, as `hamdam data build`
 
     .venv/bin/python bench/learning_rounds.py --shape tiny
     .venv/bin/python bench/learning_rounds.py --shape gpt2-fa     # 12 x 768, vocab 42001, random weights
+    .venv/bin/python bench/learning_rounds.py --shape tiny --json # one JSON object, to compare commits
+
+The round's own profile (seconds per step: collect/filter/version, replay, retrain, gate, record,
+promote) comes from the worker's answer and is printed with the figures. The chat session's
+worker start-up (imports, safety models) happens once per session, before the first round: the
+benchmark waits for it before timing the idle replies.
 
 The gpt2-fa shape uses the real gpt2-fa code path (`experiment=smoke` with the stand-in grown to
 gpt2-fa's size). On a CPU, `quantization=auto` trains it in fp32 (see DESIGN.md for NF4 on CPU).
@@ -26,6 +32,7 @@ import json
 import logging
 import math
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -95,6 +102,16 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
+def machine() -> str:
+    """CPU model and core count, for telling figures of different machines apart."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
@@ -103,6 +120,11 @@ def main() -> None:
     parser.add_argument("--seed-steps", type=int, default=20, help="steps timed for the seed's full retrain")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--keep", action="store_true", help="keep the workspace")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="seconds a user takes to read a reply and type the next message (0: back to back, "
+                             "the worst case for a round)")  # fmt: skip
+    parser.add_argument("overrides", nargs="*", help="chat/learning overrides, e.g. learning.worker.threads=2")
     args = parser.parse_args()
     if not any(args.data.rglob("*.jsonl")):
         sys.exit(f"No corpus under {args.data}: run `hamdam data build` first (or pass --data).")
@@ -123,7 +145,8 @@ def main() -> None:
     model = [*common, "experiment=smoke", f"model.name_or_path={root / '.cache' / args.shape}", *SHAPES[args.shape]]
     quiet = ["callbacks.rich_progress_bar=null", "callbacks.model_checkpoint=null"]
     tracking_uri = f"sqlite:///{root}/mlflow.db"
-    print(f"shape {args.shape}; corpus {records} records; round every {args.turns} turns; workspace {root}")
+    say = (lambda *a: None) if args.json else print
+    say(f"shape {args.shape}; corpus {records} records; round every {args.turns} turns; workspace {root}")
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         # The served base: a short training, only so that there is a model to chat with.
@@ -134,7 +157,7 @@ def main() -> None:
         # Promotion is forced (tolerance) and the random-weight model's replies are learned: this
         # measures latency, not whether the round helps.
         learning = [f"learning.heldout={REPO / 'corpus' / 'eval_fa.jsonl'}", "learning.tolerance=100",
-                    "learning.quality.min_script_ratio=0"]  # fmt: skip
+                    "learning.max_drift=100", "learning.quality.min_script_ratio=0", *args.overrides]  # fmt: skip
         chat_cfg = compose("chat", [
             *common, *learning, "learning.enabled=true", f"learning.every={args.turns}",
             f"generation.max_new_tokens={args.max_new_tokens}", f"generation.min_new_tokens={args.max_new_tokens}",
@@ -143,10 +166,12 @@ def main() -> None:
         served = root / "runs" / "base" / "model"
         engine = build_engine(chat_cfg, served)
         feedback: FeedbackState = start_learning(chat_cfg, served)
-        feedback.worker.overrides += learning
+        if not feedback.worker.wait_ready():
+            sys.exit(f"The learning worker did not start; see {root / 'runs' / 'rounds' / 'learn.log'}")
         conversation = Conversation()
 
         def reply(index: int) -> float:
+            time.sleep(args.think)
             between_turns(engine, feedback)
             start = time.perf_counter()
             answer(engine, conversation, feedback, MESSAGES[index % len(MESSAGES)])
@@ -157,7 +182,7 @@ def main() -> None:
         started = time.perf_counter()
         during: list[float] = []
         while feedback.serving.resolve() == served.resolve():
-            if not (feedback.worker.busy or feedback.worker.pending):
+            if not feedback.worker.busy:
                 between_turns(engine, feedback)
                 if feedback.serving.resolve() == served.resolve():
                     sys.exit(f"The round ended without a promoted model; see {root / 'runs' / 'rounds' / 'learn.log'}")
@@ -165,6 +190,7 @@ def main() -> None:
             during.append(reply(len(during)))
         round_latency = time.perf_counter() - started
         feedback.worker.finish()
+        profile = next((r.get("seconds", {}) for r in feedback.worker.results if r.get("round")), {})
         feedback.store.close()
         chat_turns = [
             {"instruction": x.message, "response": x.reply.text} for x in conversation.exchanges[: args.turns]
@@ -187,18 +213,35 @@ def main() -> None:
         steps_per_epoch = math.ceil(records * (1 - 0.01) / full.data.batch_size)
         seed_blocking = 2 * steps_per_epoch * per_step
 
-    print(f"reply latency, idle ({len(idle)} replies of {args.max_new_tokens} tokens): "
-          f"median {statistics.median(idle):.2f} s, p95 {percentile(idle, 0.95):.2f} s")  # fmt: skip
-    if during:
-        print(f"reply latency while the round trains ({len(during)} replies): "
-              f"median {statistics.median(during):.2f} s, p95 {percentile(during, 0.95):.2f} s, "
-              f"max {max(during):.2f} s")  # fmt: skip
-    print(f"hamdam round: Nth turn -> promoted model served in {round_latency:.1f} s (chat answering throughout)")
-    print(f"seed's way: full retrain of {records + args.turns} records x 2 epochs = {2 * steps_per_epoch} steps x "
-          f"{per_step:.3f} s/step (median of {args.seed_steps} measured steps) = {seed_blocking:.0f} s "
-          f"EXTRAPOLATED, model load and evaluation not counted ({measured_wall:.1f} s wall for the measured "
-          f"steps); the chat answers nothing meanwhile")  # fmt: skip
-    print(f"speed-up of the round over the seed's retrain: {seed_blocking / round_latency:.1f}x")
+    figures = {
+        "shape": args.shape,
+        "think_s": args.think,
+        "round_s": round(round_latency, 2),
+        "idle_reply_p50_s": round(statistics.median(idle), 3),
+        "during_reply_p50_s": round(statistics.median(during), 3) if during else None,
+        "during_reply_p95_s": round(percentile(during, 0.95), 3) if during else None,
+        "during_over_idle_p50": round(statistics.median(during) / statistics.median(idle), 2) if during else None,
+        "seed_retrain_s": round(seed_blocking, 1),
+        "round_profile_s": {k: round(v, 2) for k, v in profile.items()},
+        "machine": machine(),
+    }
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print(f"reply latency, idle ({len(idle)} replies of {args.max_new_tokens} tokens): "
+              f"median {statistics.median(idle):.2f} s, p95 {percentile(idle, 0.95):.2f} s")  # fmt: skip
+        if during:
+            print(f"reply latency while the round trains ({len(during)} replies): "
+                  f"median {statistics.median(during):.2f} s, p95 {percentile(during, 0.95):.2f} s, "
+                  f"max {max(during):.2f} s ({figures['during_over_idle_p50']}x idle)")  # fmt: skip
+        print(f"hamdam round: Nth turn -> promoted model served in {round_latency:.1f} s (chat answering throughout)")
+        print("  where the round's time went (s): " + ", ".join(f"{k} {v:.1f}" for k, v in profile.items()))
+        print(f"seed's way: full retrain of {records + args.turns} records x 2 epochs = {2 * steps_per_epoch} steps x "
+              f"{per_step:.3f} s/step (median of {args.seed_steps} measured steps) = {seed_blocking:.0f} s "
+              f"EXTRAPOLATED, model load and evaluation not counted ({measured_wall:.1f} s wall for the measured "
+              f"steps); the chat answers nothing meanwhile")  # fmt: skip
+        print(f"speed-up of the round over the seed's retrain: {seed_blocking / round_latency:.1f}x")
+        print(f"machine: {figures['machine']}")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -252,8 +252,8 @@ def test_sigkill_in_the_middle_of_a_round_loses_no_turn_and_the_restart_redoes_i
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
     learning = [
-        "learning.every=3", f"learning.heldout={tmp_path / 'heldout.jsonl'}", "learning.tolerance=100", "learning.max_drift=100",
-        "learning.quality.min_script_ratio=0", *RULES_ONLY,
+        "learning.every=3", f"learning.heldout={tmp_path / 'heldout.jsonl'}", "learning.tolerance=100",
+        "learning.max_drift=100", "learning.quality.min_script_ratio=0", *RULES_ONLY,
     ]  # fmt: skip
 
     # A chat whose third turn starts a round that trains for a long time (200 epochs) ...

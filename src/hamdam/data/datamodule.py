@@ -79,6 +79,75 @@ class DialogueCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into rows of at most ``capacity`` tokens, first-fit decreasing.
+
+    Written here because the packers in the field either cut examples across rows or let them
+    attend to each other; a row here holds whole examples only, and the collator keeps each
+    example's attention and positions its own. An example longer than ``capacity`` gets a row alone.
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        size = lengths[index]
+        for row, left in enumerate(room):
+            if size <= left:
+                rows[row].append(index)
+                room[row] -= size
+                break
+        else:
+            rows.append([index])
+            room.append(capacity - size)
+    return rows
+
+
+class PackedDataset(Dataset):
+    """Rows of whole examples (``pack``): one item is the list of examples of one row."""
+
+    def __init__(self, examples: EncodedDataset, capacity: int):
+        self.examples = examples
+        self.rows = pack(examples.lengths, capacity)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> list[Example]:
+        return [self.examples[i] for i in self.rows[index]]
+
+
+class PackedCollator:
+    """Rows of several examples each, for training without padding between them.
+
+    Each example keeps its own positions (0, 1, ... from its first token), and no ``attention_mask``
+    is passed: from positions that restart, transformers builds a causal mask that is also
+    block-diagonal, so no token attends to another example. Labels stay as ``ChatFormat`` made them
+    (replies only); each example starts with its user marker, masked, so no loss crosses examples.
+    Only the tail of a row is padding (its own block, labels masked).
+    """
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: Sequence[Sequence[Example]]) -> dict[str, torch.Tensor]:
+        width = max(sum(len(e.input_ids) for e in row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        tokens = 0
+        for r, row in enumerate(rows):
+            at = 0
+            for e in row:
+                n = len(e.input_ids)
+                input_ids[r, at : at + n] = torch.tensor(e.input_ids)
+                labels[r, at : at + n] = torch.tensor(e.labels)
+                labels[r, at] = IGNORE_INDEX
+                positions[r, at : at + n] = torch.arange(n)
+                at += n
+                tokens += n
+            positions[r, at:] = torch.arange(width - at)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "tokens": torch.tensor(tokens)}
+
+
 class LengthGroupedSampler(Sampler[int]):
     """Shuffled order in which each run of ``batch_size`` indices has similar lengths.
 
@@ -126,6 +195,8 @@ class DialogueDataModule(L.LightningDataModule):
         num_workers: int = 0,
         length_grouping: bool = True,
         pad_to_multiple_of: int | None = None,
+        packing: bool = False,
+        pack_length: int | None = None,
         seed: int = 42,
     ):
         super().__init__()
@@ -135,6 +206,8 @@ class DialogueDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.length_grouping = length_grouping
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.packing = packing
+        self.pack_length = pack_length
         self.seed = seed
         dialogues = load_dialogues(self.path)
         if val_path:  # already split (by `hamdam data prepare`)
@@ -188,7 +261,23 @@ class DialogueDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
+        if not self.packing:
+            return self._loader(self.train_set, self.batch_size, train=True)
+        if self.train_set is None or self.chat_format is None:
+            raise RuntimeError("DialogueDataModule.attach(chat_format) must run before the loaders")
+        packed = PackedDataset(self.train_set, self.pack_length or self.chat_format.max_length)
+        log.info("Packing: %d examples in %d rows of up to %d tokens", len(self.train_set), len(packed),
+                 self.pack_length or self.chat_format.max_length)  # fmt: skip
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            packed,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=PackedCollator(self.chat_format.pad_id),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_dialogues:

@@ -36,15 +36,17 @@ class LearningWorker:
         self.config_file = Path(config_file)
         self.log_file = Path(log_file)
         self.process: subprocess.Popen | None = None
-        self.outstanding = 0  # rounds asked for and not yet answered
+        self.outstanding = 0  # rounds sent to the worker and not yet answered (at most one)
+        self.waiting: int | None | bool = False  # a round asked for while one runs: its up_to, sent next
         self.turns = 0
         self.results: list[dict[str, Any]] = []
+        self.ready = False  # the worker has loaded its libraries and built its round engine
         self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
     @property
     def busy(self) -> bool:
         self.poll()
-        return self.outstanding > 0
+        return self.outstanding > 0 or self.waiting is not False
 
     def start(self) -> None:
         """Start the worker now, so its imports happen while the user is still typing."""
@@ -61,6 +63,7 @@ class LearningWorker:
                 encoding="utf-8",
             )
         self._answers = queue.Queue()
+        self.ready = False
         threading.Thread(target=self._read, args=(self.process, self._answers), daemon=True).start()
         log.info("learning worker started (pid %d)", self.process.pid)
 
@@ -74,8 +77,15 @@ class LearningWorker:
         answers.put(None)  # the worker is gone
 
     def request(self, up_to: int | None = None) -> None:
-        """Ask for a round over the turns up to ``up_to`` (all when None); the worker takes requests in order."""
+        """Ask for a round over the turns up to ``up_to`` (all when None), now or when the running one
+        ends; asking again meanwhile only moves that bound (one round then takes all those turns)."""
         self.poll()
+        if self.outstanding:
+            self.waiting = up_to
+            return
+        self._send(up_to)
+
+    def _send(self, up_to: int | None) -> None:
         self.start()
         try:
             self.process.stdin.write(json.dumps({"up_to": up_to}) + "\n")
@@ -104,6 +114,9 @@ class LearningWorker:
             self.outstanding = 0
             self.process = None
             return
+        if answer.get("ready"):
+            self.ready = True
+            return
         self.outstanding = max(0, self.outstanding - 1)
         self.results.append(answer)
         if not answer.get("ok"):
@@ -114,13 +127,26 @@ class LearningWorker:
             try:
                 answer = self._answers.get_nowait()
             except queue.Empty:
-                return
+                break
             self._take(answer)
+        self._next()
+
+    def _next(self) -> None:
+        if not self.outstanding and self.waiting is not False:
+            up_to, self.waiting = self.waiting, False
+            self._send(up_to)
+
+    def wait_ready(self) -> bool:
+        """Block until the worker is ready (or gone); whether it is ready."""
+        while not self.ready and self.process is not None:
+            self._take(self._answers.get())
+        return self.ready
 
     def finish(self) -> None:
         """At the end of a session: let the requested rounds complete, then stop the worker."""
         while self.outstanding > 0 and self.process is not None:
             self._take(self._answers.get())
+            self._next()
         if self.process is not None:
             self.process.stdin.close()
             self.process.wait()
@@ -168,6 +194,7 @@ def main(argv: list[str]) -> int:
     # The template is a config of its own: its interpolations (${seed}, ${paths.output_dir}) are its own.
     engine = RoundEngine(cfg, OmegaConf.create(OmegaConf.to_container(cfg.round_train)))
     log.info("learning worker ready (nice %s, %d torch threads)", settings.nice, torch.get_num_threads())
+    protocol.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         request = json.loads(line)
         try:

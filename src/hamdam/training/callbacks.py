@@ -24,7 +24,7 @@ class TokenThroughput(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         elapsed = time.perf_counter() - self._start
-        tokens = int(batch["attention_mask"].sum())
+        tokens = int(batch["tokens"]) if "tokens" in batch else int(batch["attention_mask"].sum())
         if elapsed > 0:
             pl_module.log("train/tokens_per_sec", tokens / elapsed, on_step=True, on_epoch=False, batch_size=1)
             pl_module.log("train/step_seconds", elapsed, on_step=True, on_epoch=False, batch_size=1)
