@@ -129,6 +129,10 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore")
+    out = sys.stdout
+    if args.json:  # the JSON object alone on stdout: what training and libraries print goes to stderr
+        out = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
     if not args.data.is_file():
         sys.exit(f"No records at {args.data}: run `hamdam data build` first (or pass --data).")
 
@@ -171,7 +175,7 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores",
     }  # fmt: skip
     if args.json:
-        print(json.dumps(figures))
+        print(json.dumps(figures), file=out, flush=True)
     else:
         print(f"{len(examples)} records, {tokens} tokens an epoch; speed ratios (higher is faster):")
         for name, ratio in figures["over_trainer"].items():

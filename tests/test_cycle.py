@@ -17,9 +17,10 @@ from hamdam.data.records import load_dialogues
 from hamdam.errors import HamdamError
 from hamdam.learning.champion import champion_dir
 from hamdam.learning.engine import RoundEngine
-from hamdam.learning.gate import Gate
+from hamdam.learning.gate import Gate, Scores
 from hamdam.learning.retrain import template
 from hamdam.learning.store import ChatStore, RoundStatus, Score
+from hamdam.models.export import read_latest
 from hamdam.models.tiny import ensure_tiny_gpt2
 from hamdam.training.run import train
 
@@ -95,6 +96,8 @@ def test_cycle_trains_from_the_champion_and_gates(tmp_path):
         assert rejected.round == 2 and not rejected.promoted and "tolerance" in rejected.reason
         # The champion was measured when it was gated (round 1), not again: the same stored figure.
         assert rejected.ppl_before == result.ppl_after
+        # A round's candidate never becomes "latest" (what `hamdam chat` serves): only the gate decides.
+        assert read_latest(tmp_path / "runs") == (tmp_path / "runs" / "base" / "model").resolve()
         assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
 
         # A retrain that fails: its MLflow run is FAILED, and its round is trained in the next cycle.
@@ -127,10 +130,10 @@ def test_cycle_trains_from_the_champion_and_gates(tmp_path):
 def test_gate_bounds_the_step_and_the_drift_from_the_first_model():
     gate = Gate(tolerance=0.02, max_drift=0.05)
     score = lambda ppl: Score(ppl, ppl * 0.9, ppl * 1.1, 1000)  # noqa: E731
-    assert gate.decide(score(101.5), champion=score(100.0), reference=score(100.0)).promoted
-    assert not gate.decide(score(103.0), champion=score(100.0), reference=score(100.0)).promoted
+    assert gate.decide(Scores(score(101.5), champion=score(100.0), reference=score(100.0))).promoted
+    assert not gate.decide(Scores(score(103.0), champion=score(100.0), reference=score(100.0))).promoted
     # Three rounds of +1.9% each pass the per-round tolerance but not the bound on drift: 100 -> 105.8.
-    decision = gate.decide(score(105.8), champion=score(103.8), reference=score(100.0))
+    decision = gate.decide(Scores(score(105.8), champion=score(103.8), reference=score(100.0)))
     assert not decision.promoted and "max_drift" in decision.reason
 
 

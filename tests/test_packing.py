@@ -38,10 +38,16 @@ def test_a_packed_row_has_each_examples_positions_labels_and_the_same_loss(word_
     model = scratch_gpt2(word_tokenizer, n_layer=2, n_head=2, n_embd=16, n_positions=64, dropout=0.0).eval()
     with torch.no_grad():
         nll, count = token_nll(model, DialogueCollator(P)(examples))
+        unpacked = DialogueCollator(P)(examples)
+        # token_nll projects only the positions a target follows; the model's own loss projects all.
+        assert torch.allclose(model(**unpacked, use_cache=False).loss, nll.sum() / count.sum(), atol=1e-5)
         inputs = {k: v for k, v in batch.items() if k != "tokens"}
-        packed = model(**inputs, use_cache=False).loss  # as DialogueLM.training_step calls it
+        packed = model(**inputs, use_cache=False).loss
         # Every target token is scored as if its example were alone: no attention or loss across examples.
         assert torch.allclose(packed, nll.sum() / count.sum(), atol=1e-5)
+        packed_nll, packed_count = token_nll(model, batch)  # as DialogueLM.training_step computes it
+        assert packed_count.sum() == count.sum()
+        assert torch.allclose(packed_nll.sum(), nll.sum(), atol=1e-4)
         row = {"input_ids": batch["input_ids"][:1], "position_ids": batch["position_ids"][:1]}
         logits = model(**row, use_cache=False).logits[0, a:]
         alone = model(input_ids=torch.tensor([examples[1].input_ids])).logits[0]

@@ -28,10 +28,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hamdam.learning.champion import champion_dir, serve
-from hamdam.learning.gate import Decision, Gate, HeldoutMeter
+from hamdam.learning.gate import Decision, Gate, HeldoutMeter, Scores
 from hamdam.learning.retrain import Retrainer
 from hamdam.learning.rounds import DataVersioner, RoundExporter, RoundFilter
-from hamdam.learning.store import TO_TRAIN, ChatStore, RoundRow, RoundStatus, Score
+from hamdam.learning.store import TO_TRAIN, ChatStore, RoundRow, RoundStatus
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,15 @@ class RoundEngine:
         self.gate = Gate(learning.tolerance, learning.max_drift)
         self.store_path = learning.store
         self.seconds: dict[str, float] = {}
+
+    def prepare(self) -> None:
+        """Measure the served model now, while the user is still chatting, so that the first round
+        does not wait for it (the figure is kept; later champions are measured at their own gate)."""
+        store = ChatStore(self.store_path)
+        try:
+            self.meter.score(store, champion_dir(self.runs_dir).resolve())
+        finally:
+            store.close()
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -115,25 +124,26 @@ class RoundEngine:
                 raise
         candidate = Path(train_cfg.export_dir).resolve()
         with self.step("gate"):
-            champion = self.meter.score(store, base)
-            reference = self.meter.score(store, Path(store.reference_model() or base))
-            after = self.meter.score(store, candidate)
-            decision = self.gate.decide(after, champion, reference)
+            scores = Scores(
+                candidate=self.meter.score(store, candidate),
+                champion=self.meter.score(store, base),
+                reference=self.meter.score(store, Path(store.reference_model() or base)),
+            )
+            decision = self.gate.decide(scores)
         status = RoundStatus.PROMOTED if decision.promoted else RoundStatus.REJECTED
+        before, after = scores.champion.perplexity, scores.candidate.perplexity
         with self.step("record"):
-            run_id = self._record(pending, candidate, records, replay, champion, after, reference, decision)
+            run_id = self._record(pending, candidate, (records, replay), scores, decision)
         with self.step("promote"):
             if decision.promoted:
                 serve(self.runs_dir, candidate, {"round": number})
-            store.record_training([r.number for r in pending], status, str(base), str(candidate),
-                                  champion.perplexity, after.perplexity)  # fmt: skip
+            store.record_training([r.number for r in pending], status, str(base), str(candidate), before, after)
         log.info(
             "round %d: held-out perplexity %.2f -> %.2f, %s (%s); seconds: %s",
-            number, champion.perplexity, after.perplexity, status, decision.reason,
-            ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
+            number, before, after, status, decision.reason, ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
         )  # fmt: skip
-        return RoundResult(number, pending[-1].kind, records, replay, champion.perplexity, after.perplexity,
-                           decision.promoted, decision.reason, candidate, run_id, dict(self.seconds))  # fmt: skip
+        return RoundResult(number, pending[-1].kind, records, replay, before, after, decision.promoted,
+                           decision.reason, candidate, run_id, dict(self.seconds))  # fmt: skip
 
     def _close_dead_runs(self, number: int) -> None:
         """Runs of this round still RUNNING belong to a cycle that was killed (we hold the lock): KILLED."""
@@ -155,15 +165,7 @@ class RoundEngine:
                         run.info.run_id)  # fmt: skip
 
     def _record(
-        self,
-        pending: list[RoundRow],
-        model_dir: Path,
-        records: int,
-        replay: int,
-        before: Score,
-        after: Score,
-        reference: Score,
-        decision: Decision,
+        self, pending: list[RoundRow], model_dir: Path, counts: tuple[int, int], scores: Scores, decision: Decision
     ) -> str | None:
         """Round params, gate metrics and step times on the training run; the registry alias on promotion."""
         if not self.tracking_uri:
@@ -176,7 +178,7 @@ class RoundEngine:
         if run_id is None:
             return None
         client = MlflowClient(tracking_uri=self.tracking_uri)
-        last = pending[-1]
+        last, (records, replay) = pending[-1], counts
         params = {"round": last.number, "round_kind": last.kind, "round_records": records, "replay_records": replay,
                   "rounds_trained": ",".join(str(r.number) for r in pending)}  # fmt: skip
         for key, value in params.items():
@@ -184,11 +186,11 @@ class RoundEngine:
         if last.data_md5:
             client.set_tag(run_id, "hamdam.round_data_md5", last.data_md5)
         metrics = {
-            "heldout/ppl_before": before.perplexity,
-            "heldout/ppl_after": after.perplexity,
-            "heldout/ppl_after_low": after.low,
-            "heldout/ppl_after_high": after.high,
-            "heldout/ppl_reference": reference.perplexity,
+            "heldout/ppl_before": scores.champion.perplexity,
+            "heldout/ppl_after": scores.candidate.perplexity,
+            "heldout/ppl_after_low": scores.candidate.low,
+            "heldout/ppl_after_high": scores.candidate.high,
+            "heldout/ppl_reference": scores.reference.perplexity,
             **{f"round/{k}_s": v for k, v in self.seconds.items()},
         }
         for key, value in metrics.items():

@@ -66,6 +66,15 @@ class HeldoutMeter:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """What the gate compares: the candidate, the champion it would replace, the first served model."""
+
+    candidate: Score
+    champion: Score
+    reference: Score
+
+
+@dataclass(frozen=True)
 class Decision:
     promoted: bool
     reason: str
@@ -76,7 +85,8 @@ class Gate:
     tolerance: float = 0.02
     max_drift: float = 0.05
 
-    def decide(self, candidate: Score, champion: Score, reference: Score) -> Decision:
+    def decide(self, scores: Scores) -> Decision:
+        candidate, champion, reference = scores.candidate, scores.champion, scores.reference
         step = candidate.perplexity / champion.perplexity - 1
         drift = candidate.perplexity / reference.perplexity - 1
         if step > self.tolerance:

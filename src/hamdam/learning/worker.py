@@ -3,7 +3,8 @@
 A process rather than a thread: the chat never waits on training, and a crash in training cannot
 take the chat down. One process for the whole session rather than one per round: torch, Lightning,
 MLflow and DVC are imported and the round engine (safety models, held-out set, train template) is
-built once, so a round pays none of that. The process yields to the chat: it runs at a lower CPU
+built once, so a round pays none of that; and the served model's held-out perplexity is measured as
+soon as the worker starts, not when the first round needs it. The process yields to the chat: it runs at a lower CPU
 priority (``learning.worker.nice``) with a bounded number of torch threads
 (``learning.worker.threads``).
 
@@ -193,6 +194,10 @@ def main(argv: list[str]) -> int:
 
     # The template is a config of its own: its interpolations (${seed}, ${paths.output_dir}) are its own.
     engine = RoundEngine(cfg, OmegaConf.create(OmegaConf.to_container(cfg.round_train)))
+    try:
+        engine.prepare()
+    except Exception:  # a round measures what it needs anyway
+        log.exception("could not measure the served model ahead of the first round")
     log.info("learning worker ready (nice %s, %d torch threads)", settings.nice, torch.get_num_threads())
     protocol.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:

@@ -13,15 +13,13 @@ from torchmetrics import MeanMetric
 
 from hamdam.evaluation.perplexity import token_nll
 
-# What a batch hands the model; a packed batch also carries its token count ("tokens").
-MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
-
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], Any]
 
 
 class DialogueLM(L.LightningModule):
-    """Loss comes from the model on labels that mask prompt and padding (see ChatFormat).
+    """Loss on the labels that mask prompt and padding (see ChatFormat), per target token
+    (``token_nll``: the output projection only where a target follows).
 
     Validation loss is averaged over target tokens across all batches (and processes), so
     ``val/ppl = exp(val/loss)`` is the true per-token perplexity of the split.
@@ -40,8 +38,8 @@ class DialogueLM(L.LightningModule):
         return self.model(**batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        # No cache in training: with one, transformers would not see packed rows (restarting positions).
-        loss = self.model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, use_cache=False).loss
+        nll, tokens = token_nll(self.model, batch)
+        loss = nll.sum() / tokens.sum().clamp(min=1)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["input_ids"].size(0))
         self.log(
             "train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1

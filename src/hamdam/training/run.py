@@ -128,7 +128,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             )
             if logger is not None:
                 tracking.log_run_outputs(logger, output_dir / "resolved_config.yaml", model_dir)
-            write_latest(Path(cfg.paths.runs_dir), model_dir, {"model_name": cfg.model.name})
+            if cfg.get("record_latest", True):
+                write_latest(Path(cfg.paths.runs_dir), model_dir, {"model_name": cfg.model.name})
     except BaseException as error:
         if logger is not None:
             tracking.mark_failed(logger, error)
