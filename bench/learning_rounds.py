@@ -145,9 +145,9 @@ def main() -> None:
     model = [*common, "experiment=smoke", f"model.name_or_path={root / '.cache' / args.shape}", *SHAPES[args.shape]]
     quiet = ["callbacks.rich_progress_bar=null", "callbacks.model_checkpoint=null"]
     tracking_uri = f"sqlite:///{root}/mlflow.db"
-    out = sys.stdout
+    report = sys.stdout
     if args.json:  # the JSON object alone on stdout: what training and libraries print goes to stderr
-        out = os.fdopen(os.dup(1), "w")
+        report = os.fdopen(os.dup(1), "w")
         os.dup2(2, 1)
     say = (lambda *a: None) if args.json else print
     say(f"shape {args.shape}; corpus {records} records; round every {args.turns} turns; workspace {root}")
@@ -230,7 +230,7 @@ def main() -> None:
         "machine": machine(),
     }
     if args.json:
-        print(json.dumps(figures), file=out, flush=True)
+        print(json.dumps(figures), file=report, flush=True)
     else:
         print(f"reply latency, idle ({len(idle)} replies of {args.max_new_tokens} tokens): "
               f"median {statistics.median(idle):.2f} s, p95 {percentile(idle, 0.95):.2f} s")  # fmt: skip
