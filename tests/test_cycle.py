@@ -294,3 +294,34 @@ def test_sigkill_in_the_middle_of_a_round_loses_no_turn_and_the_restart_redoes_i
     table = json.loads(run_hamdam(["rounds", "--json"], tmp_path).stdout)
     assert table[0]["status"] == "promoted" and table[0]["ppl_after"] > 0 and table[0]["mlflow_run"]
     assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
+
+
+@pytest.mark.slow
+def test_hamdam_learn_runs_one_round_and_prints_it_as_json(tmp_path):
+    from conftest import run_hamdam
+
+    seed_workspace(tmp_path)
+    trained = run_hamdam(
+        [
+            "train",
+            "experiment=smoke",
+            f"data.path={SAMPLE}",
+            "trainer.max_epochs=1",
+            "callbacks.rich_progress_bar=null",
+        ],
+        tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    store = ChatStore(tmp_path / "chats.db")
+    store.add_turn(store.start_session("base"), "سلام بابا", "سلام پسرم، خوبی؟", "model", "fa")
+    store.close()
+    learned = run_hamdam(
+        ["learn", f"learning.heldout={tmp_path / 'heldout.jsonl'}", "learning.epochs=1", "learning.tolerance=100",
+         "learning.max_drift=100", *RULES_ONLY],
+        tmp_path,
+    )  # fmt: skip
+    assert learned.returncode == 0, learned.stderr[-3000:]
+    result = json.loads(learned.stdout.splitlines()[-1])
+    assert result["round"] == 1 and result["kind"] == "chat" and result["records"] == 1 and result["promoted"]
+    assert {"collect_filter_version", "retrain", "gate", "record", "promote"} <= set(result["seconds"])
+    assert champion_dir(tmp_path / "runs") == Path(result["model_dir"])
