@@ -53,6 +53,24 @@ def run_cycle(cfg):
     return RoundEngine(cfg, template(cfg)).run()
 
 
+def smoke_workspace(root: Path) -> None:
+    """The seed workspace with a smoke model trained by `hamdam train`, as a user would."""
+    from conftest import run_hamdam
+
+    seed_workspace(root)
+    trained = run_hamdam(
+        [
+            "train",
+            "experiment=smoke",
+            f"data.path={SAMPLE}",
+            "trainer.max_epochs=1",
+            "callbacks.rich_progress_bar=null",
+        ],
+        root,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+
+
 def test_cycle_trains_from_the_champion_and_gates(tmp_path):
     pairs = seed_workspace(tmp_path)
     heldout = tmp_path / "heldout.jsonl"
@@ -168,18 +186,7 @@ def test_a_setting_in_learning_train_overrides_reaches_the_rounds_training(tmp_p
 def test_piped_learning_session_of_25_turns_makes_two_rounds(tmp_path):
     from conftest import run_hamdam
 
-    seed_workspace(tmp_path)
-    trained = run_hamdam(
-        [
-            "train",
-            "experiment=smoke",
-            f"data.path={SAMPLE}",
-            "trainer.max_epochs=1",
-            "callbacks.rich_progress_bar=null",
-        ],
-        tmp_path,
-    )
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    smoke_workspace(tmp_path)
 
     lines = "".join(f"پیام شماره‌ی {i} برای بابا\n" for i in range(25))
     chat = run_hamdam(
@@ -242,18 +249,7 @@ def _round_runs(db: Path) -> list[str]:
 def test_sigkill_in_the_middle_of_a_round_loses_no_turn_and_the_restart_redoes_it(tmp_path):
     from conftest import hamdam_command, run_hamdam
 
-    seed_workspace(tmp_path)
-    trained = run_hamdam(
-        [
-            "train",
-            "experiment=smoke",
-            f"data.path={SAMPLE}",
-            "trainer.max_epochs=1",
-            "callbacks.rich_progress_bar=null",
-        ],
-        tmp_path,
-    )
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    smoke_workspace(tmp_path)
     learning = [
         "learning.every=3", f"learning.heldout={tmp_path / 'heldout.jsonl'}", "learning.tolerance=100",
         "learning.max_drift=100", "learning.quality.min_script_ratio=0", *RULES_ONLY,
@@ -300,18 +296,7 @@ def test_sigkill_in_the_middle_of_a_round_loses_no_turn_and_the_restart_redoes_i
 def test_hamdam_learn_runs_one_round_and_prints_it_as_json(tmp_path):
     from conftest import run_hamdam
 
-    seed_workspace(tmp_path)
-    trained = run_hamdam(
-        [
-            "train",
-            "experiment=smoke",
-            f"data.path={SAMPLE}",
-            "trainer.max_epochs=1",
-            "callbacks.rich_progress_bar=null",
-        ],
-        tmp_path,
-    )
-    assert trained.returncode == 0, trained.stderr[-2000:]
+    smoke_workspace(tmp_path)
     store = ChatStore(tmp_path / "chats.db")
     store.add_turn(store.start_session("base"), "سلام بابا", "سلام پسرم، خوبی؟", "model", "fa")
     store.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -25,22 +24,11 @@ from hamdam.data.quality import QualityFilter
 from hamdam.data.records import Dialogue, Turn
 from hamdam.data.versioning import dvc_add_data, git_commit_data_dvc
 from hamdam.io import write_atomic_text
-from hamdam.learning.store import ChatStore, RoundStatus, StoredTurn
+from hamdam.learning.store import ChatStore, RoundRow, RoundStatus, StoredTurn
 from hamdam.safety.detector import LayeredDetector
 from hamdam.safety.pii import scrub
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RoundInfo:
-    number: int
-    kind: str
-    source: str
-    records: int
-    status: RoundStatus
-    data_md5: str | None
-    git_commit: str | None
 
 
 class Collector(Protocol):
@@ -135,17 +123,17 @@ class RoundExporter:
         self.filter = select
         self.version = version
 
-    def export(self, up_to: int | None = None) -> RoundInfo | None:
+    def export(self, up_to: int | None = None) -> RoundRow | None:
         """A new round over the material collected up to ``up_to``; None when there is none."""
         number = self.collector.collect(self.store, up_to)
         return None if number is None else self._finish(number)
 
-    def resume(self) -> list[RoundInfo]:
+    def resume(self) -> list[RoundRow]:
         """Finish the rounds a crash left between the store and the DVC version."""
         return [self._finish(r.number) for r in self.store.rounds(RoundStatus.EXPORTING)]
 
-    def _finish(self, number: int) -> RoundInfo:
+    def _finish(self, number: int) -> RoundRow:
         records = self.filter(self.collector.candidates(self.store, number))
-        source, md5, commit = self.version(number, self.collector.kind, records)
+        _, md5, commit = self.version(number, self.collector.kind, records)
         self.store.mark_versioned(number, len(records), md5, commit)
-        return RoundInfo(number, self.collector.kind, source, len(records), RoundStatus.VERSIONED, md5, commit)
+        return self.store.round(number)
