@@ -22,6 +22,11 @@ from hamdam.io import write_atomic_text
 log = logging.getLogger(__name__)
 
 
+def workspace_paths(cfg: DictConfig) -> dict[str, str]:
+    """The workspace's directories as absolute paths, for a config read by another process."""
+    return {key: str(Path(cfg.paths[key]).resolve()) for key in ("root_dir", "runs_dir", "cache_dir")}
+
+
 def template(cfg: DictConfig) -> DictConfig:
     """The train config every round of this workspace starts from; needs Hydra's config search path
     (``hamdam learn``, the chat, or ``initialize_config_dir``)."""
@@ -29,7 +34,7 @@ def template(cfg: DictConfig) -> DictConfig:
 
     learning = cfg.learning
     train_cfg = compose(config_name="train", overrides=[f"experiment={learning.experiment}", *learning.train_overrides])
-    paths = {key: str(Path(cfg.paths[key]).resolve()) for key in ("root_dir", "runs_dir", "cache_dir")}
+    paths = workspace_paths(cfg)
     paths["output_dir"] = str(Path(paths["runs_dir"]) / "rounds" / "next")
     return OmegaConf.merge(train_cfg, {"paths": paths})
 

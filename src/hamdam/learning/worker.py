@@ -87,15 +87,16 @@ class LearningWorker:
         self._send(up_to)
 
     def _send(self, up_to: int | None) -> None:
+        line = json.dumps({"up_to": up_to}) + "\n"
         self.start()
         try:
-            self.process.stdin.write(json.dumps({"up_to": up_to}) + "\n")
+            self.process.stdin.write(line)
             self.process.stdin.flush()
-        except (BrokenPipeError, OSError):
+        except (BrokenPipeError, OSError):  # the worker died since the last answer: once more, anew
             log.warning("the learning worker is gone; see %s. Restarting it.", self.log_file)
             self.process = None
             self.start()
-            self.process.stdin.write(json.dumps({"up_to": up_to}) + "\n")
+            self.process.stdin.write(line)
             self.process.stdin.flush()
         self.outstanding += 1
 
@@ -160,11 +161,10 @@ def write_config(cfg: Any, path: Path, parent_run: str | None = None) -> Path:
     from omegaconf import OmegaConf
 
     from hamdam.io import write_atomic_text
-    from hamdam.learning.retrain import template
+    from hamdam.learning.retrain import template, workspace_paths
 
-    paths = {key: str(Path(cfg.paths[key]).resolve()) for key in ("root_dir", "runs_dir", "cache_dir")}
     resolved = {
-        "paths": paths,
+        "paths": workspace_paths(cfg),
         "learning": OmegaConf.to_container(cfg.learning, resolve=True),
         "safety": OmegaConf.to_container(cfg.safety, resolve=True) if cfg.get("safety") else None,
         "parent_run": parent_run,

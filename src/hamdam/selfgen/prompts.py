@@ -70,9 +70,9 @@ class PromptPool:
     def __post_init__(self) -> None:
         self._near = NearDuplicateIndex(threshold=self.near_duplicate)
 
-    def add(self, text: str) -> None:
+    def add(self, text: str, words: list[str] | None = None) -> None:
         """Pool a prompt without judging it (the human prompts the pool starts from)."""
-        words = tokens(text)
+        words = tokens(text) if words is None else words
         key = len(self.prompts)
         self.prompts.append(words)
         for word in set(words):
@@ -83,38 +83,37 @@ class PromptPool:
         for text in texts:
             self.add(text)
 
-    def closest(self, text: str) -> float:
-        """The highest ROUGE-L F1 of ``text`` against the pool (0 when nothing can reach the threshold)."""
-        words = tokens(text)
-        shared: Counter = Counter()
-        for word in set(words):
-            for key in self._index.get(word, ()):
-                shared[key] += 1
+    def closest(self, words: list[str]) -> float:
+        """The highest ROUGE-L F1 of these words against the pool, among the pooled prompts that can
+        exceed ``max_rouge_l`` at all (0 when none can)."""
+        counts = Counter(words)
+        candidates = set().union(*(self._index.get(w, ()) for w in counts))
         best = 0.0
-        for key, common in shared.items():
-            # F1 = 2 LCS / (m + n) and LCS <= distinct shared words' occurrences: skip hopeless ones.
+        for key in candidates:
             other = self.prompts[key]
-            bound = 2 * min(sum(min(words.count(w), other.count(w)) for w in set(words) & set(other)),
-                            len(words), len(other)) / (len(words) + len(other))  # fmt: skip
-            if common and bound > best and bound > self.max_rouge_l:
+            # The LCS is at most the words both share (with multiplicity): skip those that cannot win.
+            shared = sum((counts & Counter(other)).values())
+            bound = 2 * shared / (len(words) + len(other))
+            if bound > best and bound > self.max_rouge_l:
                 best = max(best, rouge_l_f1(words, other))
         return best
 
     def offer(self, text: str) -> Verdict:
         """Pool ``text`` if it is novel and safe; the reason it was not, otherwise."""
-        verdict = self._judge(text)
+        words = tokens(text)
+        verdict = self._judge(text, words)
         if verdict.kept:
-            self.add(text)
+            self.add(text, words)
         else:
             self.dropped[verdict.reason] += 1
         return verdict
 
-    def _judge(self, text: str) -> Verdict:
-        if not tokens(text):
+    def _judge(self, text: str, words: list[str]) -> Verdict:
+        if not words:
             return Verdict(False, "empty")
         if self.safety is not None and self.safety.classify(text).level != "none":
             return Verdict(False, "crisis")
-        if self.closest(text) > self.max_rouge_l:
+        if self.closest(words) > self.max_rouge_l:
             return Verdict(False, "rouge_l")
         if self._near.find(text):
             return Verdict(False, "near_duplicate")
