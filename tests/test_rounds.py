@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from hamdam.data.quality import QualityFilter
-from hamdam.learning.rounds import ChatTurns, DataVersioner, RoundExporter, RoundFilter
-from hamdam.learning.store import ChatStore, RoundStatus
+from hamdam.errors import HamdamError
+from hamdam.learning.rounds import ChatTurns, DataVersioner, GeneratedSamples, RoundExporter, RoundFilter
+from hamdam.learning.store import ChatStore, GeneratedSample, RoundStatus
 from hamdam.safety.detector import LayeredDetector
 from hamdam.safety.rules import SafetyRules
 
@@ -65,7 +66,8 @@ def test_a_round_becomes_a_dvc_version_and_a_git_commit(workspace):
     ]  # /bad, crisis and the non-Persian model reply are not learned; PII is scrubbed
     assert (workspace / "data.dvc").read_text() != before and info.data_md5 in (workspace / "data.dvc").read_text()
     assert (
-        sh(["git", "log", "-1", "--format=%H %s"], workspace) == f"{info.git_commit} data: learning round 1 (2 records)"
+        sh(["git", "log", "-1", "--format=%H %s"], workspace)
+        == f"{info.git_commit} data: chat round 1 (2 records, data/rounds/0001.jsonl)"
     )
     assert sh(["dvc", "status", "data.dvc"], workspace).endswith("up to date.")
     assert exporter.export() is None  # nothing new to learn
@@ -106,3 +108,30 @@ def test_a_round_interrupted_after_the_store_is_finished_on_restart(workspace):
     (info,) = restarted.resume()
     assert info.number == 1 and info.records == 2 and info.status == "versioned"
     assert restarted.resume() == []
+
+
+def test_a_generated_round_a_crash_left_half_exported_is_finished_by_the_next_chat_cycle(workspace):
+    store = ChatStore(workspace / "chats.db")
+    samples = [
+        GeneratedSample("یادته با هم می‌رفتیم پارک؟", "آره عزیزم، یادمه.", "model"),
+        GeneratedSample("سلام بابا", "this reply is not persian at all", "human"),
+    ]
+    number = store.open_round("generated", samples=samples, report='{"kept": 2}', folder="generated")
+    # The process died here: the samples are in the store, nothing in data/ yet.
+    exporter = RoundExporter(
+        store, ChatTurns(), RoundFilter(QualityFilter()), DataVersioner(workspace), {"generated": GeneratedSamples()}
+    )
+    [row] = exporter.resume()
+    assert (row.number, row.kind, row.source, row.records, row.status) == (
+        number, "generated", "generated/0001.jsonl", 1, RoundStatus.VERSIONED
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (workspace / "data" / "generated" / "0001.jsonl").read_text().splitlines()]
+    assert rows == [{"instruction": "یادته با هم می‌رفتیم پارک؟", "origin": "generated", "prompt_origin": "model",
+                     "response": "آره عزیزم، یادمه."}]  # fmt: skip
+    assert sh(["git", "log", "-1", "--format=%s"], workspace) == (
+        "data: generated round 1 (1 records, data/generated/0001.jsonl)"
+    )
+    # Without a reader for its kind, a cycle says which command finishes it.
+    other = store.open_round("imported", folder="imports")
+    with pytest.raises(HamdamError, match=rf"Round {other} \(kind 'imported'\) was left half-exported"):
+        exporter.resume()

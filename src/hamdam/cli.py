@@ -38,6 +38,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "PATH --format conv|jsonl|whatsapp|telegram [--speaker NAME]: a new data/ source",
     ),
     "learn": ("hamdam.learning.engine:learn", "learn", "one learning round from the stored chats, now"),
+    "selfgen": (
+        "hamdam.selfgen.loop:selfgen",
+        "selfgen",
+        "one self-generated round; --forever: the loop (every selfgen.interval_s, up to selfgen.cap)",
+    ),
     "rounds": ("hamdam.learning.history:rounds", "rounds", "the learning rounds (--json for JSON)"),
     "rollback": ("hamdam.learning.history:rollback", "rounds", "restore data/ and the model of round N"),
     "safety classify": (
@@ -53,6 +58,7 @@ FLAGS: dict[str, dict[str, str]] = {
     "data stats": {"--json": "json=true"},
     "rounds": {"--json": "json=true"},
     "chat": {"--learn": "learning.enabled=true"},
+    "selfgen": {"--forever": "selfgen.forever=true"},
 }
 # Options that take a value (``--format X`` or ``--format=X``), and the key it is given to.
 OPTIONS: dict[str, dict[str, str]] = {"data import": {"--format": "importer", "--speaker": "speaker"}}

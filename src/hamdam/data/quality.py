@@ -6,6 +6,7 @@ and why.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 from hamdam.data.records import Dialogue
@@ -28,6 +29,21 @@ def script_ratio(text: str, script: str) -> float:
     return inside / len(letters)
 
 
+# Bidi embeddings, overrides and isolates: they reorder what a reader sees (U+202E turns text around).
+_BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+
+
+def unprintable(text: str) -> bool:
+    """Control characters (but newline and tab), the replacement character U+FFFD, unassigned or
+    private-use code points, or bidi overrides: what a broken decoder or a gibberish model writes."""
+    for c in text:
+        if c in "\n\t":
+            continue
+        if c == "\ufffd" or c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn"):
+            return True
+    return False
+
+
 def repeated_ngram_ratio(text: str, n: int = 3) -> float:
     """Share of word n-grams that repeat an earlier one: degenerate loops score high."""
     words = text.split()
@@ -39,7 +55,7 @@ def repeated_ngram_ratio(text: str, n: int = 3) -> float:
 
 @dataclass
 class QualityFilter:
-    """Length bounds on every turn, the reply script, and repetition in replies."""
+    """Length bounds and printable text on every turn, the reply script, and repetition in replies."""
 
     min_chars: int = 2
     max_user_chars: int = 1000
@@ -47,6 +63,8 @@ class QualityFilter:
     script: str | None = "arabic"
     min_script_ratio: float = 0.9
     max_repeated_ngram_ratio: float = 0.3
+    # Drop turns with control characters, U+FFFD or bidi overrides (``unprintable``).
+    printable: bool = True
 
     def reject(self, dialogue: Dialogue) -> str | None:
         for turn in dialogue.turns:
@@ -55,6 +73,8 @@ class QualityFilter:
                 return "too_short"
             if len(turn.text) > limit:
                 return "too_long"
+            if self.printable and unprintable(turn.text):
+                return "unprintable"
             if turn.role == "assistant":
                 if self.script and script_ratio(turn.text, self.script) < self.min_script_ratio:
                     return "wrong_script"

@@ -22,16 +22,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hamdam.learning.champion import champion_dir, serve
-from hamdam.learning.gate import Decision, Gate, HeldoutMeter, Scores
-from hamdam.learning.retrain import Retrainer
-from hamdam.learning.rounds import DataVersioner, RoundExporter, RoundFilter
-from hamdam.learning.store import TO_TRAIN, ChatStore, RoundRow, RoundStatus
+from hamdam.learning.gate import Decision, DiversityCheck, Gate, HeldoutMeter, Scores
+from hamdam.learning.retrain import Retrainer, RoundData
+from hamdam.learning.rounds import DataVersioner, GeneratedSamples, RoundExporter, RoundFilter
+from hamdam.learning.store import TO_TRAIN, ChatStore, Diversity, RoundRow, RoundStatus
+
+if TYPE_CHECKING:
+    from hamdam.selfgen.diversity import DiversityMeter
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +55,46 @@ class RoundResult:
     model_dir: Path
     mlflow_run_id: str | None
     seconds: dict[str, float]
+    generated_share: float = 0.0
+    diversity: Diversity | None = None  # the candidate's, when the round was gated on diversity
+    report: dict[str, int] | None = None  # what a generated round's filters dropped
 
 
 class RoundEngine:
-    """Built once per process from the learn config and a round train template; ``run`` per round."""
+    """Built once per process from the learn config and a round train template; ``run`` per round.
 
-    def __init__(self, cfg: DictConfig, template: DictConfig):
+    ``collector`` (a config with ``_target_``) makes the new rounds: by default
+    ``learning.collector`` (chat turns); ``hamdam selfgen`` passes its generator, and a
+    ``DiversityMeter`` that adds the collapse measures to the gate.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        template: DictConfig,
+        collector: DictConfig | None = None,
+        diversity: DiversityMeter | None = None,
+    ):
         learning = cfg.learning
         self.runs_dir = Path(cfg.paths.runs_dir)
         self.tracking_uri = template.logger.get("tracking_uri") if template.get("logger") else None
         safety = instantiate(cfg.safety.detector) if cfg.get("safety") and cfg.safety.enabled else None
-        self.collector = instantiate(learning.collector)
+        chat = instantiate(learning.collector)
+        if collector is None:
+            self.collector = chat
+        elif "safety" in collector:  # one detector per process: the collector screens with the engine's
+            self.collector = instantiate(collector, _partial_=True)(safety=safety)
+        else:
+            self.collector = instantiate(collector)
+        generated = GeneratedSamples()
+        self.readers = {chat.kind: chat, generated.kind: generated}  # to finish what a crash left half-way
         self.select = RoundFilter(instantiate(learning.quality), safety)
         self.version = DataVersioner(Path(cfg.paths.root_dir))
-        self.retrain = Retrainer(template, learning.epochs, learning.replay_ratio, learning.heldout, learning.validate)
+        self.retrain = Retrainer(template, learning.epochs, learning.replay_ratio, learning.heldout, learning.validate,
+                                 learning.max_generated_share)  # fmt: skip
         self.meter = HeldoutMeter(learning.heldout, learning.heldout_size, learning.heldout_batch_size)
-        self.gate = Gate(learning.tolerance, learning.max_drift)
+        self.diversity = diversity
+        self.gate = Gate(learning.tolerance, learning.max_drift, learning.min_distinct2)
         self.store_path = learning.store
         self.seconds: dict[str, float] = {}
 
@@ -100,7 +128,7 @@ class RoundEngine:
 
     def _run(self, store: ChatStore, up_to: int | None, parent_run: str | None) -> RoundResult | None:
         self.seconds = {}
-        exporter = RoundExporter(store, self.collector, self.select, self.version)
+        exporter = RoundExporter(store, self.collector, self.select, self.version, self.readers)
         with self.step("collect_filter_version"):
             exporter.resume()
             exporter.export(up_to)
@@ -108,32 +136,47 @@ class RoundEngine:
         if not pending:
             return None
         number = pending[-1].number
+        if not any(r.records for r in pending):  # all filtered out: a version, but nothing to learn
+            store.set_status([r.number for r in pending], RoundStatus.EMPTY)
+            log.info("round %d: no record passed the filters; nothing to train", number)
+            return None
         base = champion_dir(self.runs_dir).resolve()
         with self.step("replay"):
-            data_path, records, replay = self.retrain.data(number, [r.source for r in pending])
+            # Model-written samples that made a worse model are not fed back in by later rounds.
+            turned_down = {r.source for r in store.rounds(RoundStatus.REJECTED) if r.kind == "generated"}
+            data = self.retrain.data(number, [r.source for r in pending], turned_down)
         tags = {"hamdam.round": str(number), "hamdam.round_kind": pending[-1].kind}
         if parent_run:
             tags["mlflow.parentRunId"] = parent_run
-        train_cfg = self.retrain.config(number, base, data_path, tags)
+        train_cfg = self.retrain.config(number, base, data.path, tags)
         with self.step("retrain"):
-            self._close_dead_runs(number)
+            self._close_dead_runs([r.number for r in pending])
             try:
                 self.retrain(train_cfg)
             except Exception:
                 store.set_status([r.number for r in pending], RoundStatus.FAILED)
                 raise
         candidate = Path(train_cfg.export_dir).resolve()
+        reference = Path(store.reference_model() or base)
         with self.step("gate"):
             scores = Scores(
                 candidate=self.meter.score(store, candidate),
                 champion=self.meter.score(store, base),
-                reference=self.meter.score(store, Path(store.reference_model() or base)),
+                reference=self.meter.score(store, reference),
             )
-            decision = self.gate.decide(scores)
+            diversity = None
+            if self.diversity is not None:
+                diversity = DiversityCheck(
+                    candidate=self.diversity.score(store, candidate),
+                    human=self.diversity.human,
+                    reference=self.diversity.score(store, reference),
+                )
+            decision = self.gate.decide(scores, diversity)
         status = RoundStatus.PROMOTED if decision.promoted else RoundStatus.REJECTED
         before, after = scores.champion.perplexity, scores.candidate.perplexity
+        report = _report(pending)
         with self.step("record"):
-            run_id = self._record(pending, candidate, (records, replay), scores, decision)
+            run_id = self._record(pending, candidate, data, scores, decision, diversity, report)
         with self.step("promote"):
             if decision.promoted:
                 serve(self.runs_dir, candidate, {"round": number})
@@ -142,11 +185,12 @@ class RoundEngine:
             "round %d: held-out perplexity %.2f -> %.2f, %s (%s); seconds: %s",
             number, before, after, status, decision.reason, ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
         )  # fmt: skip
-        return RoundResult(number, pending[-1].kind, records, replay, before, after, decision.promoted,
-                           decision.reason, candidate, run_id, dict(self.seconds))  # fmt: skip
+        return RoundResult(number, pending[-1].kind, data.records, data.replay, before, after, decision.promoted,
+                           decision.reason, candidate, run_id, dict(self.seconds), data.generated_share,
+                           diversity.candidate if diversity else None, report)  # fmt: skip
 
-    def _close_dead_runs(self, number: int) -> None:
-        """Runs of this round still RUNNING belong to a cycle that was killed (we hold the lock): KILLED."""
+    def _close_dead_runs(self, numbers: list[int]) -> None:
+        """Runs of these rounds still RUNNING belong to a cycle that was killed (we hold the lock): KILLED."""
         if not self.tracking_uri:
             return
         from mlflow.tracking import MlflowClient
@@ -155,17 +199,25 @@ class RoundEngine:
         experiments = [e.experiment_id for e in client.search_experiments()]
         if not experiments:
             return
-        query = f"tags.`hamdam.round` = '{number}' and attributes.status = 'RUNNING'"
-        for run in client.search_runs(experiments, query):
-            client.set_tag(
-                run.info.run_id, "hamdam.error", "the learning cycle was killed; the round was trained again"
-            )
-            client.set_terminated(run.info.run_id, "KILLED")
-            log.warning("round %d: MLflow run %s was left running by a killed cycle; marked KILLED", number,
-                        run.info.run_id)  # fmt: skip
+        for number in numbers:
+            query = f"tags.`hamdam.round` = '{number}' and attributes.status = 'RUNNING'"
+            for run in client.search_runs(experiments, query):
+                client.set_tag(
+                    run.info.run_id, "hamdam.error", "the learning cycle was killed; the round was trained again"
+                )
+                client.set_terminated(run.info.run_id, "KILLED")
+                log.warning("round %d: MLflow run %s was left running by a killed cycle; marked KILLED", number,
+                            run.info.run_id)  # fmt: skip
 
     def _record(
-        self, pending: list[RoundRow], model_dir: Path, counts: tuple[int, int], scores: Scores, decision: Decision
+        self,
+        pending: list[RoundRow],
+        model_dir: Path,
+        data: RoundData,
+        scores: Scores,
+        decision: Decision,
+        diversity: DiversityCheck | None = None,
+        report: dict[str, int] | None = None,
     ) -> str | None:
         """Round params, gate metrics and step times on the training run; the registry alias on promotion."""
         if not self.tracking_uri:
@@ -178,9 +230,14 @@ class RoundEngine:
         if run_id is None:
             return None
         client = MlflowClient(tracking_uri=self.tracking_uri)
-        last, (records, replay) = pending[-1], counts
-        params = {"round": last.number, "round_kind": last.kind, "round_records": records, "replay_records": replay,
-                  "rounds_trained": ",".join(str(r.number) for r in pending)}  # fmt: skip
+        last = pending[-1]
+        params = {
+            "round": last.number,
+            "round_kind": last.kind,
+            "round_records": data.records,
+            "replay_records": data.replay,
+            "rounds_trained": ",".join(str(r.number) for r in pending),
+        }
         for key, value in params.items():
             client.log_param(run_id, f"learning.{key}", value)
         if last.data_md5:
@@ -191,10 +248,21 @@ class RoundEngine:
             "heldout/ppl_after_low": scores.candidate.low,
             "heldout/ppl_after_high": scores.candidate.high,
             "heldout/ppl_reference": scores.reference.perplexity,
+            "round/generated_share": data.generated_share,
             **{f"round/{k}_s": v for k, v in self.seconds.items()},
+            **{f"filter/{k}": v for k, v in (report or {}).items()},
         }
+        if diversity is not None:
+            for name, value in (("candidate", diversity.candidate), ("human", diversity.human),
+                                ("reference", diversity.reference)):  # fmt: skip
+                metrics[f"diversity/{name}_distinct_1"] = value.distinct_1
+                metrics[f"diversity/{name}_distinct_2"] = value.distinct_2
+                metrics[f"diversity/{name}_mean_words"] = value.mean_words
         for key, value in metrics.items():
             client.log_metric(run_id, key, value)
+        for row in pending:
+            if row.kind == "generated":  # the kept samples, as versioned in data/
+                client.log_artifact(run_id, str(self.version.root / "data" / row.source), artifact_path="samples")
         client.set_tag(run_id, "hamdam.promoted", str(decision.promoted).lower())
         client.set_tag(run_id, "hamdam.gate", decision.reason)
         if decision.promoted:
@@ -203,6 +271,15 @@ class RoundEngine:
             version = client.create_model_version(REGISTERED_MODEL, source=f"runs:/{run_id}/model", run_id=run_id)
             client.set_registered_model_alias(REGISTERED_MODEL, "champion", version.version)
         return run_id
+
+
+def _report(pending: list[RoundRow]) -> dict[str, int] | None:
+    """The filter reports of the rounds trained together, summed."""
+    total: dict[str, int] = {}
+    for row in pending:
+        for key, value in json.loads(row.report or "{}").items():
+            total[key] = total.get(key, 0) + value
+    return total or None
 
 
 def learn(cfg: DictConfig) -> None:

@@ -4,6 +4,11 @@ Two bounds: at most ``tolerance`` above the champion it would replace, and at mo
 above the first model learning started from. The first alone lets a 2% rise per round compound
 without limit over many rounds; the second caps the sum.
 
+A generated round is also gated on collapse measures (``hamdam.selfgen.diversity``): distinct-2
+of the candidate's replies on fixed prompts must stay at least ``min_distinct2`` (95%) of the human
+replies' to the same prompts, or of the first served model's if that one was already below: the gate
+keeps the model from collapsing, it cannot demand more variety than learning started with.
+
 Each model's held-out perplexity is measured once, when it is first gated (or, for the first
 served model, when the first round needs it), and kept in the chat store: a champion is never
 measured again.
@@ -21,7 +26,7 @@ import torch
 
 from hamdam.data.records import load_dialogues
 from hamdam.evaluation.perplexity import perplexity
-from hamdam.learning.store import ChatStore, Score
+from hamdam.learning.store import ChatStore, Diversity, Score
 from hamdam.models.export import load_exported
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,15 @@ class Scores:
 
 
 @dataclass(frozen=True)
+class DiversityCheck:
+    """The candidate's diversity on the fixed prompts, the human replies', the first served model's."""
+
+    candidate: Diversity
+    human: Diversity
+    reference: Diversity
+
+
+@dataclass(frozen=True)
 class Decision:
     promoted: bool
     reason: str
@@ -84,8 +98,9 @@ class Decision:
 class Gate:
     tolerance: float = 0.02
     max_drift: float = 0.05
+    min_distinct2: float = 0.95
 
-    def decide(self, scores: Scores) -> Decision:
+    def decide(self, scores: Scores, diversity: DiversityCheck | None = None) -> Decision:
         candidate, champion, reference = scores.candidate, scores.champion, scores.reference
         step = candidate.perplexity / champion.perplexity - 1
         drift = candidate.perplexity / reference.perplexity - 1
@@ -98,4 +113,16 @@ class Gate:
                 False,
                 f"held-out perplexity {drift:+.1%} against the first served model (max_drift {self.max_drift:.1%})",
             )
-        return Decision(True, f"held-out perplexity {step:+.1%} against the champion, {drift:+.1%} against the first")
+        reason = f"held-out perplexity {step:+.1%} against the champion, {drift:+.1%} against the first"
+        if diversity is not None:
+            floor = self.min_distinct2 * min(diversity.human.distinct_2, diversity.reference.distinct_2)
+            have = diversity.candidate.distinct_2
+            if have < floor:
+                return Decision(
+                    False,
+                    f"distinct-2 {have:.3f} below {self.min_distinct2:.0%} of the human replies' "
+                    f"{diversity.human.distinct_2:.3f} (first served model: {diversity.reference.distinct_2:.3f}): "
+                    "the replies are growing alike",
+                )
+            reason += f"; distinct-2 {have:.3f} (floor {floor:.3f})"
+        return Decision(True, reason)

@@ -67,12 +67,12 @@ def rounds(cfg: DictConfig) -> list[dict]:
         sys.stdout.write(json.dumps(table) + "\n")
     else:
         sys.stdout.write(
-            f"{'round':>5}  {'records':>7}  {'status':<9} {'ppl before':>10} {'ppl after':>10}  "
+            f"{'round':>5}  {'kind':<9} {'records':>7}  {'status':<9} {'ppl before':>10} {'ppl after':>10}  "
             f"{'data.dvc md5':<36} {'git':<8} mlflow run\n"
         )
         for r in table:
             sys.stdout.write(
-                f"{r['round']:>5}  {r['records']:>7}  {r['status']:<9} {_ppl(r['ppl_before']):>10} "
+                f"{r['round']:>5}  {r['kind']:<9} {r['records']:>7}  {r['status']:<9} {_ppl(r['ppl_before']):>10} "
                 f"{_ppl(r['ppl_after']):>10}  {r['data_md5'] or '-':<36} {(r['git_commit'] or '-')[:8]:<8} "
                 f"{r['mlflow_run'] or '-'}\n"
             )

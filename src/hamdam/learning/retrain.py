@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,34 @@ def template(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(train_cfg, {"paths": paths})
 
 
-def replay_sample(data_dir: Path, exclude: set[str], size: int, seed: int) -> list[dict[str, Any]]:
-    """``size`` earlier records (seed corpus, imports, older rounds), drawn reproducibly."""
+def replay_sample(
+    data_dir: Path, exclude: set[str], size: int, seed: int, max_generated: int | None = None
+) -> list[dict[str, Any]]:
+    """``size`` earlier records (seed corpus, imports, older rounds), drawn reproducibly, in the
+    proportions of data/ but with at most ``max_generated`` model-generated ones: the rest is human
+    (or chat), so human data is always replayed."""
     pool = [r for r in iter_sources(data_dir) if r.source not in exclude]
-    chosen = random.Random(seed).sample(pool, min(size, len(pool)))
-    return [c.dialogue.to_record() for c in chosen]
+    generated = [r for r in pool if r.origin == "generated"]
+    others = [r for r in pool if r.origin != "generated"]
+    size = min(size, len(pool))
+    rng = random.Random(seed)
+    n_generated = round(size * len(generated) / len(pool)) if pool else 0
+    if max_generated is not None:
+        n_generated = min(n_generated, max(max_generated, 0))
+    n_others = min(size - n_generated, len(others))
+    chosen = rng.sample(others, n_others) + rng.sample(generated, min(n_generated, len(generated)))
+    chosen.sort(key=lambda r: r.order)
+    return [{**c.dialogue.to_record(), "origin": c.origin} for c in chosen]
+
+
+@dataclass(frozen=True)
+class RoundData:
+    """A round's training file: the rounds' own records, the replay, and the model-generated share."""
+
+    path: Path
+    records: int
+    replay: int
+    generated_share: float
 
 
 def adapter_rank(model_dir: Path) -> int | None:
@@ -53,9 +78,16 @@ def adapter_rank(model_dir: Path) -> int | None:
 
 class Retrainer:
     def __init__(
-        self, template: DictConfig, epochs: int, replay_ratio: float, heldout: str | None = None, validate: bool = False
+        self,
+        template: DictConfig,
+        epochs: int,
+        replay_ratio: float,
+        heldout: str | None = None,
+        validate: bool = False,
+        max_generated_share: float = 0.5,
     ):
         self.template = template
+        self.max_generated_share = max_generated_share
         self.epochs = epochs
         self.replay_ratio = replay_ratio
         self.heldout = heldout
@@ -66,17 +98,37 @@ class Retrainer:
     def work_dir(self, number: int) -> Path:
         return self.rounds_dir / f"{number:04d}"
 
-    def data(self, number: int, sources: list[str]) -> tuple[Path, int, int]:
-        """The round's training file: its records (all pending rounds') plus the replay sample."""
+    def data(self, number: int, sources: list[str], never_replay: set[str] | None = None) -> RoundData:
+        """The round's training file: its records (all pending rounds') plus the replay sample.
+
+        Accumulate, never replace: the replay is ``replay_ratio`` x the new records, enlarged if
+        needed so that model-generated records (new and replayed) stay within
+        ``max_generated_share`` of the whole; the rest of the replay is human-written. Sources in
+        ``never_replay`` (generated rounds the gate rejected) are not drawn.
+        """
         records = [
             json.loads(line)
             for source in sorted(sources)
             for line in (self.root / "data" / source).read_text(encoding="utf-8").splitlines()
         ]
-        replay = replay_sample(self.root / "data", set(sources), int(len(records) * self.replay_ratio), seed=number)
+        share = self.max_generated_share
+        new_generated = sum(r.get("origin") == "generated" for r in records)
+        size = int(len(records) * self.replay_ratio)
+        if new_generated and share > 0:
+            size = max(size, math.ceil(new_generated / share) - len(records))
+        allowed = math.floor(share * (len(records) + size)) - new_generated
+        exclude = set(sources) | set(never_replay or ())
+        replay = replay_sample(self.root / "data", exclude, size, seed=number, max_generated=allowed)
+        rows = records + replay
+        generated_share = sum(r.get("origin") == "generated" for r in rows) / max(len(rows), 1)
+        if generated_share > share + 1e-9:
+            log.warning(
+                "round %d: generated records are %.0f%% of its training (max_generated_share %.0f%%): "
+                "data/ holds too little human data to replay", number, 100 * generated_share, 100 * share,
+            )  # fmt: skip
         path = self.work_dir(number) / "train.jsonl"
-        write_atomic_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records + replay))
-        return path, len(records), len(replay)
+        write_atomic_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        return RoundData(path, len(records), len(replay), generated_share)
 
     def config(self, number: int, base: Path, data_path: Path, tags: dict[str, str]) -> DictConfig:
         self._check_adapter(base)

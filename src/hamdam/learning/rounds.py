@@ -4,8 +4,9 @@
   transaction (a ``chat`` round: the eligible turns), recording the round as ``exporting``.
 - **filter**: the claimed material becomes records, and only those passing the quality filters
   and the safety checks are kept.
-- **version**: the records are written to ``data/rounds/NNNN.jsonl``, ``dvc add data`` and a git
-  commit of ``data.dvc`` follow, and the round becomes ``versioned``.
+- **version**: the records are written to the round's file (``data/rounds/NNNN.jsonl`` for a chat
+  round, ``data/generated/NNNN.jsonl`` for a generated one), ``dvc add data`` and a git commit of
+  ``data.dvc`` follow, and the round becomes ``versioned``.
 
 Crash-safe order: the claim is committed first; filter and version are redone on the next start if
 the process died in between (``resume``). The file's bytes depend only on what the store holds, so
@@ -23,6 +24,7 @@ from hamdam.data.normalize import normalize_text
 from hamdam.data.quality import QualityFilter
 from hamdam.data.records import Dialogue, Turn
 from hamdam.data.versioning import dvc_add_data, git_commit_data_dvc
+from hamdam.errors import HamdamError
 from hamdam.io import write_atomic_text
 from hamdam.learning.store import ChatStore, RoundRow, RoundStatus, StoredTurn
 from hamdam.safety.detector import LayeredDetector
@@ -68,6 +70,22 @@ class ChatTurns:
         return [round_record(t) for t in store.round_turns(number)]
 
 
+class GeneratedSamples:
+    """``generated`` rounds as stored: the samples ``hamdam selfgen`` kept (its collector,
+    ``hamdam.selfgen.collector.SelfGenerated``, generates them). Any cycle can finish such a round."""
+
+    kind = "generated"
+
+    def collect(self, store: ChatStore, up_to: int | None) -> int | None:
+        return None  # only the self-generation loop makes new ones
+
+    def candidates(self, store: ChatStore, number: int) -> list[dict]:
+        return [
+            {"instruction": s.prompt, "response": s.reply, "origin": "generated", "prompt_origin": s.prompt_origin}
+            for s in store.round_samples(number)
+        ]
+
+
 class RoundFilter:
     """Model-written replies pass the filters generated data passes (a /fix is the user's own text);
     no reply the output guard withholds and no crisis or concern message is ever learned."""
@@ -104,24 +122,38 @@ class DataVersioner:
     def __init__(self, root: Path):
         self.root = Path(root)
 
-    def __call__(self, number: int, kind: str, records: list[dict]) -> tuple[str, str | None, str | None]:
-        source = f"rounds/{number:04d}.jsonl"
+    def __call__(self, row: RoundRow, records: list[dict]) -> tuple[str | None, str | None]:
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
-        write_atomic_text(self.root / "data" / source, text)
+        write_atomic_text(self.root / "data" / row.source, text)
         md5 = dvc_add_data(self.root)
-        commit = git_commit_data_dvc(self.root, f"data: learning round {number} ({len(records)} records)")
-        log.info("round %d (%s): %d records in data/%s, data.dvc %s", number, kind, len(records), source, md5)
-        return source, md5, commit
+        commit = git_commit_data_dvc(
+            self.root, f"data: {row.kind} round {row.number} ({len(records)} records, data/{row.source})"
+        )
+        log.info("round %d (%s): %d records in data/%s, data.dvc %s", row.number, row.kind, len(records),
+                 row.source, md5)  # fmt: skip
+        return md5, commit
 
 
 class RoundExporter:
-    """The data side of a round: collect, then filter and version (redone by ``resume`` after a crash)."""
+    """The data side of a round: collect, then filter and version (redone by ``resume`` after a crash).
 
-    def __init__(self, store: ChatStore, collector: Collector, select: RoundFilter, version: DataVersioner):
+    ``collector`` starts new rounds; ``readers`` (by kind) finish any kind a crash left half-way, so
+    a chat round left ``exporting`` is finished by the next cycle even if that one generates.
+    """
+
+    def __init__(
+        self,
+        store: ChatStore,
+        collector: Collector,
+        select: RoundFilter,
+        version: DataVersioner,
+        readers: dict[str, Collector] | None = None,
+    ):
         self.store = store
         self.collector = collector
         self.filter = select
         self.version = version
+        self.readers = {**(readers or {}), collector.kind: collector}
 
     def export(self, up_to: int | None = None) -> RoundRow | None:
         """A new round over the material collected up to ``up_to``; None when there is none."""
@@ -133,7 +165,14 @@ class RoundExporter:
         return [self._finish(r.number) for r in self.store.rounds(RoundStatus.EXPORTING)]
 
     def _finish(self, number: int) -> RoundRow:
-        records = self.filter(self.collector.candidates(self.store, number))
-        _, md5, commit = self.version(number, self.collector.kind, records)
+        row = self.store.round(number)
+        reader = self.readers.get(row.kind)
+        if reader is None:
+            raise HamdamError(
+                f"Round {number} (kind '{row.kind}') was left half-exported, and this process has no "
+                f"collector for that kind. Run the command that makes {row.kind} rounds once to finish it."
+            )
+        records = self.filter(reader.candidates(self.store, number))
+        md5, commit = self.version(row, records)
         self.store.mark_versioned(number, len(records), md5, commit)
         return self.store.round(number)

@@ -25,7 +25,8 @@ class RoundStatus(StrEnum):
     VERSIONED = "versioned"  # data/ versioned (DVC + git); to be trained
     FAILED = "failed"  # its retrain failed; trained again with the next round
     PROMOTED = "promoted"  # trained, passed the gate, served
-    REJECTED = "rejected"  # trained, failed the gate; its data stays versioned
+    EMPTY = "empty"  # versioned, but nothing in it passed the filters: nothing to train
+    REJECTED = "rejected"  # trained, failed the gate; its data stays versioned (generated: never replayed)
 
 
 TO_TRAIN = (RoundStatus.VERSIONED, RoundStatus.FAILED)
@@ -54,7 +55,7 @@ CREATE INDEX IF NOT EXISTS turns_pending ON turns(round_id) WHERE round_id IS NU
 CREATE TABLE IF NOT EXISTS rounds (
     id INTEGER PRIMARY KEY,
     created_at TEXT NOT NULL,
-    source TEXT NOT NULL,            -- data/rounds/NNNN.jsonl
+    source TEXT NOT NULL,            -- rounds/NNNN.jsonl (chat) or generated/NNNN.jsonl, under data/
     records INTEGER NOT NULL,
     status TEXT NOT NULL,            -- {" | ".join(RoundStatus)}
     data_md5 TEXT,                   -- data.dvc's hash of data/ after this round
@@ -63,7 +64,26 @@ CREATE TABLE IF NOT EXISTS rounds (
     base_dir TEXT,                   -- the model it was trained from (the champion then)
     model_dir TEXT,                  -- the model its training wrote
     ppl_before REAL,                 -- held-out perplexity of base_dir
-    ppl_after REAL                   -- held-out perplexity of model_dir
+    ppl_after REAL,                  -- held-out perplexity of model_dir
+    report TEXT                      -- JSON: what the round's filters dropped, by filter (generated)
+);
+-- The samples a ``generated`` round wrote (prompt: who wrote the user message, human or model).
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY,
+    round_id INTEGER NOT NULL REFERENCES rounds(id),
+    prompt TEXT NOT NULL,
+    reply TEXT NOT NULL,
+    prompt_origin TEXT NOT NULL      -- human | model
+);
+CREATE INDEX IF NOT EXISTS samples_round ON samples(round_id);
+-- Diversity of a model's replies on the fixed evaluation prompts, measured once per model.
+CREATE TABLE IF NOT EXISTS diversity (
+    model_dir TEXT NOT NULL,
+    prompts TEXT NOT NULL,           -- fingerprint of the prompt file, subset and sampling seed
+    distinct_1 REAL NOT NULL,
+    distinct_2 REAL NOT NULL,
+    mean_words REAL NOT NULL,
+    PRIMARY KEY (model_dir, prompts)
 );
 -- Held-out perplexity of a model, measured once (at its gate) per held-out subset.
 CREATE TABLE IF NOT EXISTS scores (
@@ -84,6 +104,7 @@ _ROUND_COLUMNS = {
     "model_dir": "TEXT",
     "ppl_before": "REAL",
     "ppl_after": "REAL",
+    "report": "TEXT",
 }
 
 
@@ -116,6 +137,23 @@ class RoundRow:
     model_dir: str | None = None
     ppl_before: float | None = None
     ppl_after: float | None = None
+    report: str | None = None
+
+
+@dataclass(frozen=True)
+class GeneratedSample:
+    prompt: str
+    reply: str
+    prompt_origin: str  # human | model
+
+
+@dataclass(frozen=True)
+class Diversity:
+    """How varied a model's replies are (distinct-n, Li et al. 2016) and how long, on fixed prompts."""
+
+    distinct_1: float
+    distinct_2: float
+    mean_words: float
 
 
 @dataclass(frozen=True)
@@ -130,8 +168,8 @@ class Score:
 
 _TURN_COLUMNS = "t.id, t.session_id, t.message, t.reply, t.kind, t.lang, t.rating, t.fixed_reply"
 _ROUND_SELECT = (
-    "SELECT id, kind, source, records, status, data_md5, git_commit, base_dir, model_dir, ppl_before, ppl_after "
-    "FROM rounds"
+    "SELECT id, kind, source, records, status, data_md5, git_commit, base_dir, model_dir, ppl_before, ppl_after, "
+    "report FROM rounds"
 )
 
 
@@ -233,16 +271,46 @@ class ChatStore:
 
     # --- rounds -------------------------------------------------------------------------------
 
-    def open_round(self, kind: str, turn_ids: Iterable[int] = ()) -> int:
-        """A new round (``exporting``) and the turns it takes, in one transaction; returns its number."""
+    def open_round(
+        self,
+        kind: str,
+        turn_ids: Iterable[int] = (),
+        samples: Iterable[GeneratedSample] = (),
+        report: str | None = None,
+        folder: str = "rounds",
+    ) -> int:
+        """A new round (``exporting``) with the turns or samples it takes, in one transaction; its
+        data file will be ``data/<folder>/NNNN.jsonl``. Returns its number."""
         with self.transaction() as db:
             number = db.execute("SELECT COALESCE(MAX(id), 0) FROM rounds").fetchone()[0] + 1
             db.execute(
-                "INSERT INTO rounds(id, created_at, source, records, status, kind) VALUES (?, ?, ?, 0, ?, ?)",
-                (number, _now(), f"rounds/{number:04d}.jsonl", RoundStatus.EXPORTING, kind),
+                "INSERT INTO rounds(id, created_at, source, records, status, kind, report) "
+                "VALUES (?, ?, ?, 0, ?, ?, ?)",
+                (number, _now(), f"{folder}/{number:04d}.jsonl", RoundStatus.EXPORTING, kind, report),
             )
             db.executemany("UPDATE turns SET round_id = ? WHERE id = ?", [(number, t) for t in turn_ids])
+            db.executemany(
+                "INSERT INTO samples(round_id, prompt, reply, prompt_origin) VALUES (?, ?, ?, ?)",
+                [(number, s.prompt, s.reply, s.prompt_origin) for s in samples],
+            )
         return number
+
+    def round_samples(self, number: int) -> list[GeneratedSample]:
+        rows = self.db.execute(
+            "SELECT prompt, reply, prompt_origin FROM samples WHERE round_id = ? ORDER BY id", (number,)
+        )
+        return [GeneratedSample(*row) for row in rows.fetchall()]
+
+    def chat_messages(self) -> list[str]:
+        """What people wrote in ordinary turns they did not take back (/bad, /forget): human prompts."""
+        rows = self.db.execute(
+            """
+            SELECT t.message FROM turns t JOIN sessions s ON s.id = t.session_id
+            WHERE s.forgotten = 0 AND t.kind = 'model' AND (t.rating IS NULL OR t.rating = 'good')
+            ORDER BY t.id
+            """
+        )
+        return [row[0] for row in rows.fetchall()]
 
     def mark_versioned(self, number: int, records: int, data_md5: str | None, git_commit: str | None) -> None:
         with self.transaction() as db:
@@ -292,6 +360,21 @@ class ChatStore:
             "SELECT perplexity, low, high, tokens FROM scores WHERE model_dir = ? AND heldout = ?", (model_dir, heldout)
         ).fetchone()
         return None if row is None else Score(*row)
+
+    def diversity(self, model_dir: str, prompts: str) -> Diversity | None:
+        row = self.db.execute(
+            "SELECT distinct_1, distinct_2, mean_words FROM diversity WHERE model_dir = ? AND prompts = ?",
+            (model_dir, prompts),
+        ).fetchone()
+        return None if row is None else Diversity(*row)
+
+    def save_diversity(self, model_dir: str, prompts: str, diversity: Diversity) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO diversity(model_dir, prompts, distinct_1, distinct_2, mean_words) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (model_dir, prompts, diversity.distinct_1, diversity.distinct_2, diversity.mean_words),
+            )
 
     def save_score(self, model_dir: str, heldout: str, score: Score) -> None:
         with self.transaction() as db:
