@@ -81,7 +81,6 @@ class SelfGenerated(GeneratedSamples):
         self.band_sample = band_sample
         self.batch_size = batch_size
         self.seed = seed
-        self.last_report: dict[str, int] = {}
 
     # --- collect ------------------------------------------------------------------------------
 
@@ -119,12 +118,12 @@ class SelfGenerated(GeneratedSamples):
         report = Counter({"candidates": len(candidates), "model_prompts": len(written)})
         report.update({f"prompt_{k}": v for k, v in pool.dropped.items()})
         report.update(select.report)
-        self.last_report = dict(report)
-        log.info("generated %d candidates, kept %d: %s", len(candidates), len(kept), json.dumps(self.last_report))
+        summary = json.dumps(dict(report))
+        log.info("generated %d candidates, kept %d: %s", len(candidates), len(kept), summary)
         if not kept:
             return None
         rows = [GeneratedSample(s.prompt, s.reply, origin.get(s.prompt, "human")) for s in kept]
-        return store.open_round(self.kind, samples=rows, report=json.dumps(self.last_report), folder=self.folder)
+        return store.open_round(self.kind, samples=rows, report=summary, folder=self.folder)
 
     def _model_prompts(self, model, chat_format, human: list[Dialogue], pool: PromptPool, rng) -> list[str]:
         """New user messages the model writes after a human exchange, kept only if novel and safe."""
