@@ -7,30 +7,43 @@ An export directory holds, written atomically (staged, then renamed into place):
 - a model trained from scratch: ``config.json`` + ``model.safetensors`` (``save_pretrained``);
 - the tokenizer files, and ``hamdam.json``: the role markers, the context length and, for an
   adapter, the backbone config that rebuilds its base model.
+
+A model folder is data, never code: it may come from someone else (a shared adapter, a pointer
+file). So ``hamdam.json`` is read against an allow-list before anything is built: its backbone can
+only name a loader hamdam defines (``BACKBONES``), with that loader's own arguments as plain values,
+and weights are read from safetensors only (no pickle).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from hamdam.data.chat_format import ChatFormat, RoleMarkers
 from hamdam.errors import ModelLoadError
 from hamdam.io import write_atomic_text
+from hamdam.models.backbones import pretrained_causal_lm
 
 log = logging.getLogger(__name__)
 
 META_FILE = "hamdam.json"
 LATEST_FILE = "latest.json"
+
+# The base-model loaders a model folder may name (its backbone ``_target_``), and nothing else.
+BACKBONES: dict[str, Callable[..., PreTrainedModel]] = {
+    "hamdam.models.backbones.pretrained_causal_lm": pretrained_causal_lm,
+}
+_SCALARS = (str, int, float, bool, type(None))
 
 
 @dataclass
@@ -96,18 +109,17 @@ def load_exported(model_dir: str | Path, quantization: str | None = None, traina
             f"'{model_dir}' is not a hamdam model directory (no {META_FILE}). Train one with "
             "`hamdam train`, or pass model_dir=... pointing at a run's model/ directory."
         )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta, loader, arguments = read_meta(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     markers = RoleMarkers(**meta["markers"])
-    if meta["kind"] == "lora":
-        backbone = dict(meta["backbone"])
-        backbone["gradient_checkpointing"] = False
+    if loader is not None:
+        arguments["gradient_checkpointing"] = False
         if quantization is not None:
-            backbone["quantization"] = quantization
-        base = instantiate(backbone, tokenizer=tokenizer)
+            arguments["quantization"] = quantization
+        base = loader(tokenizer=tokenizer, **arguments)
         model = PeftModel.from_pretrained(base, model_dir, is_trainable=trainable)
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
     if trainable:
         model.train()
         model.config.use_cache = False
@@ -117,6 +129,55 @@ def load_exported(model_dir: str | Path, quantization: str | None = None, traina
     window = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     chat_format = ChatFormat(tokenizer, markers, max_length=window or meta["max_length"])
     return Exported(model=model, chat_format=chat_format, meta=meta)
+
+
+def read_meta(model_dir: Path) -> tuple[dict[str, Any], Callable[..., PreTrainedModel] | None, dict[str, Any]]:
+    """``hamdam.json`` checked against the allow-list: the metadata, and for an adapter the base
+    model's loader and its arguments. Raises ModelLoadError, before anything is built."""
+    meta_path = model_dir / META_FILE
+
+    def refuse(problem: str) -> ModelLoadError:
+        return ModelLoadError(
+            f"'{meta_path}' is not a model folder hamdam will load: {problem}. A model folder is data, "
+            "never code; use one written by `hamdam train`, or train one."
+        )
+
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise refuse(f"it is not valid JSON ({error})") from None
+    if not isinstance(meta, dict) or meta.get("kind") not in ("lora", "full"):
+        raise refuse('its \'kind\' must be "lora" or "full"')
+    markers = meta.get("markers")
+    if (
+        not isinstance(markers, dict)
+        or set(markers) != {"user", "assistant", "end", "pad"}
+        or not all(isinstance(v, str) for v in markers.values())
+    ):
+        raise refuse("its 'markers' must map user, assistant, end and pad to token strings")
+    if not isinstance(meta.get("max_length"), int) or meta["max_length"] < 1:
+        raise refuse("its 'max_length' must be a positive whole number")
+    weights = "adapter_model.safetensors" if meta["kind"] == "lora" else "model.safetensors"
+    if not (model_dir / weights).is_file():
+        raise refuse(f"it has no {weights} (weights are read from safetensors only, never from pickle files)")
+    if meta["kind"] == "full":
+        return meta, None, {}
+    backbone = meta.get("backbone")
+    if not isinstance(backbone, dict):
+        raise refuse("an adapter needs a 'backbone' object naming its base model")
+    arguments = dict(backbone)
+    target = arguments.pop("_target_", None)
+    loader = BACKBONES.get(target) if isinstance(target, str) else None
+    if loader is None:
+        raise refuse(f"its backbone names {target!r}, not one of the loaders hamdam defines ({', '.join(BACKBONES)})")
+    allowed = set(inspect.signature(loader).parameters) - {"tokenizer"}
+    unknown = sorted(set(arguments) - allowed)
+    if unknown:
+        raise refuse(f"its backbone has arguments {target} does not take: {', '.join(unknown)}")
+    nested = sorted(k for k, v in arguments.items() if not isinstance(v, _SCALARS))
+    if nested:
+        raise refuse(f"its backbone arguments must be plain values, but {', '.join(nested)} is not")
+    return meta, loader, arguments
 
 
 def write_pointer(pointer: Path, model_dir: Path, info: dict[str, Any]) -> None:
