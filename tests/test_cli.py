@@ -5,6 +5,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import torch
 
 from hamdam.chat import session
 
@@ -118,6 +119,46 @@ def test_ddp_trains_with_two_spawned_cpu_processes(tmp_path):
     assert [status for _, status in finished_runs(tmp_path)] == ["FINISHED"]
     latest = json.loads((tmp_path / "runs" / "latest.json").read_text())
     assert (Path(latest["model_dir"]) / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_killed_training_is_marked_killed_and_resumes_from_its_last_epoch(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import hamdam_command
+
+    tiny = ["model.backbone.n_layer=1", "model.backbone.n_head=2", "model.backbone.n_embd=32",
+            "model.max_length=96", "model.tokenizer.vocab_size=600", f"data.path={SAMPLE}",
+            "callbacks.rich_progress_bar=null", "run_name=first"]  # fmt: skip
+    command, env = hamdam_command(["train", *tiny, "trainer.max_epochs=500"])
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "runs" / "first" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if last.exists() and torch.load(last, weights_only=False)["epoch"] >= 2:
+            break
+        time.sleep(0.5)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    epochs_done = torch.load(last, weights_only=False)["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    assert epochs_done >= 3
+    assert [status for _, status in finished_runs(tmp_path)] == ["RUNNING"]
+
+    resumed = run_hamdam(["train", *tiny[:-1], "run_name=second", "ckpt_path=last",
+                          f"trainer.max_epochs={epochs_done + 1}"], tmp_path)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        runs = dict(db.execute("select name, status from runs").fetchall())
+        error = db.execute("select t.value from tags t join runs r on r.run_uuid = t.run_uuid "
+                           "where r.name = 'first' and t.key = 'hamdam.error'").fetchone()  # fmt: skip
+    assert runs == {"first": "KILLED", "second": "FINISHED"}
+    assert error and f"process {process.pid}" in error[0] and "killed" in error[0]
+    # It went on from the last epoch the killed run finished: one more epoch, not a restart.
+    second = torch.load(tmp_path / "runs" / "second" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert second["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == epochs_done + 1
 
 
 def test_terminal_chat_leaves_cleanly_on_eof_and_ctrl_c(monkeypatch):

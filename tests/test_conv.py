@@ -42,7 +42,7 @@ def test_multi_turn_alternates_and_drops_the_odd_trailing_utterance(tmp_path):
 def test_crlf_bom_and_invalid_bytes_are_handled_and_counted(tmp_path):
     data = b"\xef\xbb\xbfE\r\nM \xe4\xbd\xa0\xe5\xa5\xbd\r\nM ok\xff\xfe!\r\nE\r\nM a\r\nM b\r\n"
     dialogues, reader = pairs(path := write(tmp_path, data))
-    assert dialogues[0] == [("user", "你好"), ("assistant", "ok\ufffd\ufffd!")]
+    assert dialogues[0] == [("user", "你好"), ("assistant", "ok!")]  # counted, then dropped
     assert dialogues[1] == [("user", "a"), ("assistant", "b")]
     assert reader.stats.bad_bytes == 2
     assert load_dialogues(path)[0].turns[0].text == "你好"  # .conv goes through the same reader
@@ -88,7 +88,7 @@ def test_a_truncated_file_keeps_every_complete_exchange(tmp_path):
     cut = full[: full.index("再见啦".encode()) + 4]  # cut inside the last utterance's second character
     dialogues, reader = pairs(write(tmp_path, cut))
     assert dialogues[0] == [("user", "你好"), ("assistant", "你好呀")]
-    assert dialogues[1] == [("user", "再见"), ("assistant", "再\ufffd")]
+    assert dialogues[1] == [("user", "再见"), ("assistant", "再")]  # the cut character is counted and dropped
     assert reader.stats.bad_bytes == 1
 
 

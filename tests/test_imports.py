@@ -212,3 +212,53 @@ def test_data_import_is_a_new_dvc_version_and_importing_again_is_a_no_op(tmp_pat
     no_format = run_hamdam(["data", "import", str(chat)], cwd=root)
     assert no_format.returncode == 2 and "--format conv|jsonl|whatsapp|telegram" in no_format.stderr
     assert list((root / "data" / "imports").iterdir()) == [source] and len(git_log(root)) == 2
+
+
+def dvc_version_files(root: Path) -> set[str]:
+    """The files the committed data.dvc records, read from the DVC cache's directory listing."""
+    md5 = next(line.split(":", 1)[1].strip() for line in (root / "data.dvc").read_text().splitlines() if "md5:" in line)
+    listing = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    return {entry["relpath"] for entry in json.loads(listing.read_text())}
+
+
+@pytest.mark.slow
+def test_an_import_killed_mid_parse_leaves_nothing_in_the_next_version(tmp_path):
+    import os
+    import signal
+    import time
+
+    from conftest import hamdam_command
+
+    root = git_dvc_workspace(tmp_path / "ws")
+    big = tmp_path / "big.conv"
+    with big.open("w", encoding="utf-8") as out:
+        for i in range(400_000):
+            out.write(f"E\nM 你好{i}\nM 你好呀{i}\n")
+    # A writer that died before this test: its temporary file beside data/seed/a.jsonl.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = root / "data" / "seed" / f".a.jsonl.{int(dead.stdout)}.x1y2.tmp"
+    stale.write_text('{"instruction": "half')
+
+    command, env = hamdam_command(["data", "import", str(big), "--format", "conv"])
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = root / ".dvc" / "tmp" / "hamdam"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        staged = [p for p in staging.glob(f"{process.pid}-*") if p.stat().st_size > 0] if staging.is_dir() else []
+        if staged:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the import finished before it could be killed: make the file bigger"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert staged and staged[0].exists()  # half-written, outside data/
+    assert not (root / "data" / "imports").exists()
+
+    small = run_hamdam(["data", "import", str(FIXTURES / "small.conv"), "--format", "conv"], cwd=root)
+    assert small.returncode == 0, small.stderr[-2000:]
+    (source,) = (root / "data" / "imports").iterdir()
+    assert dvc_version_files(root) == {"seed/a.jsonl", f"imports/{source.name}"}
+    assert not stale.exists() and not any(staging.glob(f"{process.pid}-*"))
+    assert git_log(root) == [f"data: import {source.name}", "seed"]
+    # Imported chats are private.
+    assert source.stat().st_mode & 0o777 == 0o600 and source.parent.stat().st_mode & 0o777 == 0o700

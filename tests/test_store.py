@@ -74,3 +74,36 @@ def test_kill_9_loses_no_completed_turn(tmp_path):
     stored = {row[0] for row in store.db.execute("SELECT id FROM turns")}
     assert set(reported) <= stored
     assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_the_chat_outlives_bad_bytes_control_characters_and_a_failing_message(tmp_path, word_tokenizer, caplog):
+    import io
+
+    from hamdam.chat.session import run_piped
+
+    from conftest import engine_with
+
+    engine, _ = engine_with(word_tokenizer, None, "سلام پسرم")
+    respond = engine.respond
+
+    def fragile(conversation, message):
+        if "boom" in message:
+            raise RuntimeError("the model failed")
+        return respond(conversation, message)
+
+    engine.respond = fragile
+    store = ChatStore(tmp_path / "private" / "chats.db")
+    state = FeedbackState(store, store.start_session(None))
+    raw = "سلام\xff\xfe بابا\n\x1b[31mخوبی\x00؟\n boom \n\u202eدلم تنگ شده\u202c\n".encode("utf-8", "surrogateescape")
+    raw = raw.replace("\xff\xfe".encode(), b"\xff\xfe")  # invalid UTF-8 on the wire
+    source = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", errors="replace")
+    sink = io.StringIO()
+    run_piped(engine, source, sink, state)
+    assert sink.getvalue().splitlines() == ["سلام پسرم", "سلام پسرم", "", "سلام پسرم"]  # one line per line
+    stored = [m for (m,) in store.db.execute("select message from turns order by id")]
+    assert stored == ["سلام بابا", "[31mخوبی؟", "دلم تنگ شده"]  # no U+FFFD, ESC, NUL or bidi override
+    assert "stdin line 1 holds bytes that are not UTF-8" in caplog.text
+    assert "stdin line 3 could not be answered (RuntimeError: the model failed); the chat goes on" in caplog.text
+    # What people tell the companion is private.
+    assert (tmp_path / "private" / "chats.db").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "private").stat().st_mode & 0o777 == 0o700

@@ -131,6 +131,28 @@ def test_resume_from_last_continues_the_step_count(compose_cfg, tmp_path):
     ).read_bytes()
 
 
+def test_last_ckpt_is_every_epoch_whatever_the_best_and_resume_checks_max_epochs(compose_cfg, tmp_path):
+    runs = tmp_path / "runs"
+    common = [f"data.path={SAMPLE}", *TINY_SCRATCH, "~logger", f"paths.runs_dir={runs}"]
+    # "Best" is the highest validation loss here, so the best checkpoint stays behind while training
+    # goes on; last.ckpt must follow training, not the best.
+    train(compose_cfg(*common, f"paths.output_dir={runs / 'a'}", "trainer.max_epochs=3",
+                      "callbacks.model_checkpoint.mode=max"))  # fmt: skip
+    last = torch.load(runs / "a/checkpoints/last.ckpt", weights_only=False)
+    assert last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 3 and last["epoch"] == 2
+    assert not list((runs / "a/checkpoints").glob(".*.tmp"))
+
+    fewer = compose_cfg(*common, f"paths.output_dir={runs / 'b'}", "trainer.max_epochs=2", "ckpt_path=last")
+    with pytest.raises(HamdamError, match=r"already trained 3 epochs, more than trainer.max_epochs=2.*above 3"):
+        train(fewer)
+    assert not (runs / "b").exists()  # checked before anything is written
+
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes((runs / "a/checkpoints/last.ckpt").read_bytes()[:5000])  # a kill mid-write
+    with pytest.raises(HamdamError, match="cannot be read as a Lightning checkpoint.*truncated"):
+        train(compose_cfg(*common, f"paths.output_dir={runs / 'c'}", f"ckpt_path={broken}"))
+
+
 def test_resume_without_any_checkpoint_is_a_clear_error(compose_cfg):
     with pytest.raises(HamdamError, match="ckpt_path=last: no earlier run of model 'tiny_dialogue'"):
         train(compose_cfg(f"data.path={SAMPLE}", *TINY_SCRATCH, "~logger", "ckpt_path=last"))

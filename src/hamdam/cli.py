@@ -7,9 +7,11 @@ one paragraph without a traceback, with exit status 2.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from hamdam.config_checks import check
 from hamdam.errors import HamdamError
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -99,19 +102,88 @@ def run(command: str, argv: list[str] | None = None) -> None:
                 sys.stderr.write(f"hamdam {command}: error: {problem}.\n")
                 sys.exit(2)
         sys.argv = [f"hamdam {command}", *argv]
+    precheck(command, config_name, sys.argv[1:])
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def _app(cfg: DictConfig) -> Any:
         try:
+            check(cfg)  # again: a sweep's jobs are only composed here
             return task(cfg)
         except Exception as err:
             user_error = find_user_error(err)
             if user_error is None:
                 raise
+            discard_run_dir()
             sys.stderr.write(f"hamdam {command}: error: {user_error}\n")
             sys.exit(2)
 
     _app()
+
+
+def precheck(command: str, config_name: str, overrides: list[str]) -> None:
+    """Compose the config and check its settings before Hydra creates a run folder or anything else.
+
+    Hydra's own flags (``--cfg``, ``--help``, ``-m``) are left to Hydra: a sweep is checked per job.
+    """
+    if any(a.startswith("-") for a in overrides):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+        check(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        message = one_paragraph(str(err))
+        if message.startswith("Could not override"):
+            message += " There is no such key: check its spelling."
+        sys.stderr.write(
+            f"hamdam {command}: error: {message} Run `hamdam {command} --cfg job` to see every "
+            "key and its value; nothing was created.\n"
+        )
+        sys.exit(2)
+    except HamdamError as err:
+        sys.stderr.write(f"hamdam {command}: error: {err}\n")
+        sys.exit(2)
+
+
+def one_paragraph(message: str) -> str:
+    """Hydra's multi-line message on one line: indented lines become a comma-separated list."""
+    text = message.split("Config search path")[0]
+    out = ""
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith(("\t", "    ")) and out.endswith((":", ",")):
+            out += " " + line.strip() + ","
+        else:
+            out = out.rstrip(",") + ("" if not out or out.endswith((".", ":")) else ".") + " " + line.strip()
+    out = out.rstrip(",").strip()
+    return out if out.endswith(".") else out + "."
+
+
+def discard_run_dir() -> None:
+    """A command that stopped on bad input leaves no run folder: nothing in it is worth keeping
+    until a checkpoint or a model is written."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is None or hydra_cfg.mode.name != "RUN":
+        return
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if run_dir.resolve() == Path.cwd().resolve() or not run_dir.is_dir():
+        return
+    if (run_dir / "checkpoints").exists() or (run_dir / "model").exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        run_dir.parent.rmdir()  # runs/, if this run was all it held
+    except OSError:
+        pass
 
 
 def _options(command: str, argv: list[str]) -> list[str]:
@@ -127,7 +199,7 @@ def _options(command: str, argv: list[str]) -> list[str]:
         if not sep:
             value = next(args, "")
             if not value or value.startswith("--"):
-                sys.stderr.write(f"hamdam {command}: error: {name} needs a value.\n")
+                sys.stderr.write(f"hamdam {command}: error: {name} needs a value: {name} VALUE or {name}=VALUE.\n")
                 sys.exit(2)
         key = options[name]
         # A group choice is a plain name; other values may hold anything a person types.
@@ -151,13 +223,24 @@ def _drop_group(arg: str) -> str:
     return arg
 
 
+# Errors of the environment, not of hamdam: a file the user cannot read, a full or read-only disk.
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+
+
 def find_user_error(err: BaseException) -> HamdamError | None:
-    """The HamdamError behind ``err``: Hydra's instantiate wraps errors raised by the objects it builds."""
+    """The HamdamError behind ``err``: Hydra's instantiate wraps errors raised by the objects it builds.
+    A file the user cannot read or write counts too."""
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         if isinstance(current, HamdamError):
             return current
+        if isinstance(current, OSError) and current.errno in ENVIRONMENT_ERRNOS:
+            where = f"'{current.filename}'" if current.filename else "a file"
+            return HamdamError(
+                f"Cannot use {where}: {current.strerror}. Check that the path is right, that you may read "
+                "(and write) it, and that the disk has room; then run again."
+            )
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None

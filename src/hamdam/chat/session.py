@@ -15,6 +15,7 @@ from transformers.utils import logging as hf_logging
 
 from hamdam.chat.commands import FeedbackState, handle
 from hamdam.chat.engine import OUT_OF_PERSONA, ChatEngine, Conversation
+from hamdam.data.normalize import normalize_text
 from hamdam.learning.champion import champion_dir
 from hamdam.learning.store import ChatStore
 from hamdam.learning.worker import LearningWorker, write_config
@@ -48,7 +49,11 @@ def build_engine(cfg: DictConfig, model_dir: Path) -> ChatEngine:
 
 
 def answer(engine: ChatEngine, conversation: Conversation, feedback: FeedbackState, line: str) -> str:
-    """A command's acknowledgement, or the reply, stored (and committed) before it is returned."""
+    """A command's acknowledgement, or the reply, stored (and committed) before it is returned.
+
+    The message is stored as the model reads it: normalized, without control characters or bidi
+    overrides."""
+    line = normalize_text(line)
     ack = handle(line, feedback)
     if ack is not None:
         return ack
@@ -67,10 +72,15 @@ def start_parent_run(cfg: DictConfig) -> str | None:
         return None
     from mlflow.tracking import MlflowClient
 
+    from hamdam.training.tracking import close_dead_runs, owner_tags
+
     client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    close_dead_runs(client)
     experiment = client.get_experiment_by_name("hamdam")
     experiment_id = experiment.experiment_id if experiment else client.create_experiment("hamdam")
-    run = client.create_run(experiment_id, run_name="chat-session", tags={"hamdam.kind": "chat-session"})
+    run = client.create_run(
+        experiment_id, run_name="chat-session", tags={"hamdam.kind": "chat-session", **owner_tags()}
+    )
     for key in ("every", "include_unrated", "epochs", "replay_ratio", "tolerance", "max_drift", "heldout_size"):
         client.log_param(run.info.run_id, f"learning.{key}", cfg.learning[key])
     return run.info.run_id
@@ -118,16 +128,32 @@ def run_piped(engine: ChatEngine, source: TextIO, sink: TextIO, feedback: Feedba
     conversation = Conversation()
     feedback = feedback or FeedbackState(None, None)
     for number, line in enumerate(source, start=1):
-        message = line.strip()
+        if "\ufffd" in line:
+            log.warning("stdin line %d holds bytes that are not UTF-8: they were dropped", number)
+        message = normalize_text(line)
         if not message:
             log.warning("stdin line %d is empty: nothing to answer, writing an empty line", number)
             sink.write("\n")
             sink.flush()
             continue
-        between_turns(engine, feedback)
-        text = answer(engine, conversation, feedback, message)
+        text = _answer_or_report(engine, conversation, feedback, message, f"stdin line {number}")
         sink.write(" ".join(text.split()) + "\n")
         sink.flush()
+
+
+def _answer_or_report(
+    engine: ChatEngine, conversation: Conversation, feedback: FeedbackState, message: str, where: str
+) -> str:
+    """The chat outlives one message it cannot answer: the problem is logged and the session goes on."""
+    try:
+        between_turns(engine, feedback)
+        return answer(engine, conversation, feedback, message)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # one bad message must not end a grieving person's session
+        log.error("%s could not be answered (%s: %s); the chat goes on", where, type(err).__name__, err)
+        log.debug("details", exc_info=True)
+        return ""
 
 
 def run_terminal(
@@ -149,10 +175,9 @@ def run_terminal(
             return
         if not message:
             continue
-        between_turns(engine, feedback)
         try:
             with console.status("…"):
-                text = answer(engine, conversation, feedback, message)
+                text = _answer_or_report(engine, conversation, feedback, message, "this message")
         except KeyboardInterrupt:
             console.print()
             continue
@@ -168,6 +193,8 @@ def chat(cfg: DictConfig) -> None:
     engine = build_engine(cfg, model_dir)
     note = engine.guard.opening_note() if engine.guard else None
     feedback = start_learning(cfg, model_dir) if cfg.learning.enabled else FeedbackState(None, None)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # bytes that are not UTF-8 become U+FFFD, then dropped
     try:
         if sys.stdin.isatty():
             run_terminal(engine, cfg.prompt, cfg.reply_prefix, note, feedback)

@@ -26,6 +26,7 @@ from pathlib import Path
 from hamdam.data.normalize import normalize_text
 from hamdam.data.records import Dialogue, Turn
 from hamdam.errors import DataError
+from hamdam.io import utf16_hint
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,10 @@ class ConvReader:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"Conversation file '{path}' does not exist. Check the path and run again.")
+        with path.open("rb") as handle:
+            hint = utf16_hint(handle.read(4096))
+        if hint:
+            raise DataError(f"Conversation file '{path}' is not UTF-8 text. {hint}")
         self.stats = stats = ConvStats()
         stats.fenci = detect_fenci(path) if self.fenci is None else self.fenci
         if stats.fenci:

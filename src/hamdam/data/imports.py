@@ -1,9 +1,11 @@
 """``hamdam data import``: one file becomes a new source under ``data/imports/`` and a DVC version.
 
 The source's name carries a hash of the file and of the import settings, so importing the same
-file the same way again finds it and changes nothing. The source is streamed to a temporary file
-and renamed into place only when complete: a bad file, or a kill, leaves nothing half-written.
-If the process dies after the rename, running the import again finishes the DVC version.
+file the same way again finds it and changes nothing. The source is streamed to a file in the
+workspace's staging folder and moved into place only when complete, under the version lock (see
+``hamdam.data.versioning``): a bad file, or a kill, leaves nothing half-written in ``data/``. If the
+process dies after the move, running the import again finishes the DVC version. Imported chats are
+private: the file is 0600 and its folder 0700.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from hamdam.data.versioning import dvc_add_data, git_commit_data_dvc, require_dvc
+from hamdam.data.versioning import publish, require_dvc, staged_file
 from hamdam.errors import DataError
-from hamdam.io import atomic_writer
 from hamdam.safety.pii import scrub_dialogue
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def import_source(cfg: DictConfig) -> Path:
     key = import_key(path, {"format": fmt, "scrub_pii": bool(cfg.scrub_pii), **spec})
     dest_dir = Path(cfg.dest_dir)
     existing = sorted(dest_dir.glob(f"*-{key}.jsonl")) if dest_dir.is_dir() else []
+    moves: dict[Path, Path] = {}
     if existing:
         target = existing[0]
         summary = f"'{path}' is already imported as {_shown(target, root)}; nothing new to add"
@@ -64,7 +66,7 @@ def import_source(cfg: DictConfig) -> Path:
         target = dest_dir / source_name(path, key)
         reader = instantiate(spec)
         count = 0
-        with atomic_writer(target) as out:
+        with staged_file(root, target.name) as (out, staged):
             for dialogue in reader.read(path):
                 if cfg.scrub_pii:
                     dialogue = scrub_dialogue(dialogue)
@@ -76,9 +78,9 @@ def import_source(cfg: DictConfig) -> Path:
                     "Nothing was imported; check the file and --format"
                     + (" and --speaker." if "speaker" in spec else ".")
                 )
+        moves[staged] = target
         summary = f"Imported '{path}' ({fmt}) as {_shown(target, root)}: {reader.stats.summary()}"
-    md5 = dvc_add_data(root)
-    commit = git_commit_data_dvc(root, f"data: import {target.name}")
+    md5, commit = publish(root, moves, f"data: import {target.name}")
     summary += f"\ndata.dvc md5 {md5}" + (f", git commit {commit[:10]}" if commit else "")
     log.info("%s", summary.replace("\n", "; "))
     sys.stdout.write(summary + "\n")

@@ -1,8 +1,11 @@
-"""Persian text normalization, applied wherever text enters hamdam.
+"""Text normalization (Persian first), applied wherever text enters hamdam.
 
 Written here rather than taken from hazm because hazm pins numpy 1.24, which cannot sit beside
 torch/transformers (see DESIGN.md). What it does, in order:
 
+0. Control characters (but newline and tab), bidi embeddings/overrides/isolates (U+202A-U+202E,
+   U+2066-U+2069) and the replacement character U+FFFD are removed: a NUL, a terminal escape
+   sequence or a U+202E that reverses what a reader sees is never stored, shown or trained on.
 1. Arabic presentation forms (U+FB50-U+FDFF, U+FE70-U+FEFF) are folded to their base letters (NFKC
    on those characters only, so that Latin and Chinese text is left alone).
 2. Arabic letters that Persian writes differently become the Persian ones:
@@ -32,6 +35,7 @@ _LETTERS = str.maketrans(
         **{chr(0x0660 + d): chr(0x06F0 + d) for d in range(10)},  # ٠-٩ -> ۰-۹
     }
 )
+_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufffd]+")
 _PRESENTATION = re.compile("[\ufb50-\ufdff\ufe70-\ufefe]+")
 _ZWNJ_RUN = re.compile(ZWNJ + "{2,}")
 _ZWNJ_AT_SPACE = re.compile(rf"\s*{ZWNJ}\s+|\s+{ZWNJ}\s*")
@@ -43,7 +47,7 @@ _BLANK_LINES = re.compile(r"\n\s*\n\s*\n+")
 # is returned as it is, which keeps a 500,000-dialogue corpus fast to read.
 _MAY_CHANGE = re.compile(
     "[\u0600-\u06ff\ufb50-\ufdff\ufe70-\ufeff\u200b-\u200d\r\n\t\u00a0\u2000-\u200a\u2028\u2029"
-    "\u202f\u205f\u3000]|  |^\\s|\\s$"
+    "\u202f\u205f\u3000\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufffd]|  |^\\s|\\s$"
 )
 
 
@@ -53,6 +57,7 @@ def normalize_text(text: str) -> str:
 
 
 def _normalize_all(text: str) -> str:
+    text = _UNSAFE.sub("", text)
     text = _PRESENTATION.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
     text = text.translate(_LETTERS)
     text = _NEWLINES.sub("\n", text)

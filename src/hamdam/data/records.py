@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from hamdam.data.normalize import normalize_text
 from hamdam.errors import DataError
+from hamdam.io import utf16_hint
 
 Role = Literal["user", "assistant"]
 ROLES: tuple[Role, Role] = ("user", "assistant")
@@ -109,6 +110,11 @@ def parse_record(record: Any, where: str) -> Dialogue:
 def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     """``(where, decoded JSON value)`` for each record of a ``.json`` array or ``.jsonl`` file."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"Data file '{path}' is a folder. Point the setting (for training data: data.path=) at a .json, "
+            ".jsonl or .conv file of dialogue records, and run again."
+        )
     if not path.is_file():
         raise DataError(
             f"Data file '{path}' does not exist. Check the path given in the config or on the "
@@ -119,9 +125,8 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     try:
         content = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataError(
-            f"Data file '{path}' is not valid UTF-8 (byte {err.start}). Save it as UTF-8 and run again."
-        ) from None
+        hint = utf16_hint(raw[:4096]) or "Save it as UTF-8 and run again."
+        raise DataError(f"Data file '{path}' is not valid UTF-8 (byte {err.start}). {hint}") from None
     if path.suffix == ".jsonl":
         for lineno, line in enumerate(content.splitlines(), start=1):
             if not line.strip():

@@ -2,14 +2,76 @@
 
 Learning rounds and imports both end with this; both may be redone after a crash, so each step
 does nothing when there is nothing new.
+
+A new source is written in the workspace's staging folder (``.dvc/tmp/hamdam/``, outside the
+tracked tree and ignored by git), and moved into ``data/`` only inside ``publish``, which holds the
+workspace's version lock from that move to the git commit. So a version never records a
+half-written file, and two imports or rounds at once never commit each other's files. Staged files
+of processes that died are removed the next time anything is staged.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
+
+from filelock import FileLock
 
 from hamdam.errors import DataError
+from hamdam.io import pid_alive, remove_stale_temp
+
+log = logging.getLogger(__name__)
+
+STAGING = Path(".dvc") / "tmp" / "hamdam"
+
+
+def staging_dir(root: Path) -> Path:
+    """The private staging folder, without the leftovers of killed processes."""
+    folder = Path(root) / STAGING
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        pid = path.name.split("-", 1)[0]
+        if path.is_file() and pid.isdigit() and not pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            log.info("removed %s, left half-written by a killed process", path.name)
+    return folder
+
+
+@contextmanager
+def staged_file(root: Path, name: str, mode: int = 0o600) -> Iterator[tuple[TextIO, Path]]:
+    """A text handle on a new file in the staging folder, flushed to disk when the block ends; the
+    file is removed if the block fails. Hand the path to ``publish``."""
+    path = staging_dir(root) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            yield handle, path
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def publish(root: Path, moves: dict[Path, Path], message: str) -> tuple[str | None, str | None]:
+    """Move staged files to their places in ``data/``, then ``dvc add data`` and commit, all under
+    the workspace's version lock; returns (data.dvc md5, git commit). Private folders are 0700."""
+    root = Path(root)
+    with FileLock(staging_dir(root) / "version.lock"):
+        for stale in remove_stale_temp(root / "data"):
+            log.warning("removed %s, left half-written by a killed process", stale)
+        for staged, dest in moves.items():
+            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.replace(staged, dest)
+        md5 = dvc_add_data(root)
+        commit = git_commit_data_dvc(root, message)
+    return md5, commit
 
 
 def require_dvc(root: Path) -> None:

@@ -25,6 +25,8 @@ def _mlflow_runs(tracking_uri: str) -> dict[str, dict]:
     """round number -> its finished run: id and held-out perplexity before and after."""
     from mlflow.tracking import MlflowClient
 
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return {}  # nothing tracked yet; opening the URI would create the database
     client = MlflowClient(tracking_uri=tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
@@ -45,11 +47,14 @@ def _ppl(value: float | None) -> str:
 
 
 def rounds(cfg: DictConfig) -> list[dict]:
-    store = ChatStore(cfg.learning.store)
-    try:
-        rows = store.rounds()
-    finally:
-        store.close()
+    """Read-only: a workspace without a chat store or MLflow database gets an empty table, and no files."""
+    rows = []
+    if Path(cfg.learning.store).is_file():
+        store = ChatStore(cfg.learning.store)
+        try:
+            rows = store.rounds()
+        finally:
+            store.close()
     runs = _mlflow_runs(cfg.tracking_uri)
     none = {"mlflow_run": None, "ppl_before": None, "ppl_after": None}
     table = []
@@ -84,6 +89,11 @@ def rollback(cfg: DictConfig) -> None:
     if number is None:
         raise HamdamError("Which round? Run `hamdam rollback N` (see `hamdam rounds` for the numbers).")
     root = Path(cfg.paths.root_dir)
+    if not Path(cfg.learning.store).is_file():
+        raise HamdamError(
+            f"No learning rounds are recorded here ({cfg.learning.store} does not exist), so there is no round "
+            f"{number} to restore. Run hamdam from the workspace where `hamdam chat --learn` ran."
+        )
     store = ChatStore(cfg.learning.store)
     try:
         row = store.round(number)

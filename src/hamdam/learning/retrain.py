@@ -127,7 +127,8 @@ class Retrainer:
                 "data/ holds too little human data to replay", number, 100 * generated_share, 100 * share,
             )  # fmt: skip
         path = self.work_dir(number) / "train.jsonl"
-        write_atomic_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        # People's chats: private, like the chat store.
+        write_atomic_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), mode=0o600)
         return RoundData(path, len(records), len(replay), generated_share)
 
     def config(self, number: int, base: Path, data_path: Path, tags: dict[str, str]) -> DictConfig:

@@ -23,9 +23,8 @@ from typing import Protocol
 from hamdam.data.normalize import normalize_text
 from hamdam.data.quality import QualityFilter
 from hamdam.data.records import Dialogue, Turn
-from hamdam.data.versioning import dvc_add_data, git_commit_data_dvc
+from hamdam.data.versioning import publish, staged_file
 from hamdam.errors import HamdamError
-from hamdam.io import write_atomic_text
 from hamdam.learning.store import ChatStore, RoundRow, RoundStatus, StoredTurn
 from hamdam.safety.detector import LayeredDetector
 from hamdam.safety.pii import scrub
@@ -117,18 +116,19 @@ class RoundFilter:
 
 
 class DataVersioner:
-    """Writes a round's records as a new source under data/ and versions data/ (DVC, then git)."""
+    """Writes a round's records as a new source under data/ and versions data/ (DVC, then git).
+
+    The file is private (0600): chat rounds hold what people told the companion."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
 
     def __call__(self, row: RoundRow, records: list[dict]) -> tuple[str | None, str | None]:
-        text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
-        write_atomic_text(self.root / "data" / row.source, text)
-        md5 = dvc_add_data(self.root)
-        commit = git_commit_data_dvc(
-            self.root, f"data: {row.kind} round {row.number} ({len(records)} records, data/{row.source})"
-        )
+        target = self.root / "data" / row.source
+        with staged_file(self.root, target.name) as (out, staged):
+            out.writelines(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+        message = f"data: {row.kind} round {row.number} ({len(records)} records, data/{row.source})"
+        md5, commit = publish(self.root, {staged: target}, message)
         log.info("round %d (%s): %d records in data/%s, data.dvc %s", row.number, row.kind, len(records),
                  row.source, md5)  # fmt: skip
         return md5, commit

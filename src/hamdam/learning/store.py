@@ -9,6 +9,7 @@ never logged and never sent to MLflow.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -179,11 +180,18 @@ def _round(row: tuple) -> RoundRow:
 
 
 class ChatStore:
-    """One connection per store; each write is its own committed transaction."""
+    """One connection per store; each write is its own committed transaction.
+
+    The file holds what people told the companion: it is created 0600 (SQLite gives its WAL the
+    same mode), in a folder created 0700."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.parent.is_dir():
+            self.path.parent.mkdir(mode=0o700, parents=True)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        if self.path.stat().st_mode & 0o077:
+            os.chmod(self.path, 0o600)  # a store created by an older hamdam
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from hamdam.errors import HamdamError
 from hamdam.learning.engine import RoundEngine, RoundResult
 from hamdam.learning.retrain import template
+from hamdam.training.tracking import close_dead_runs, owner_tags
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ class LoopRun:
         experiment = self.client.get_experiment_by_name("hamdam")
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment("hamdam")
         self._close_dead(experiment_id)
+        close_dead_runs(self.client)
         name = f"selfgen-{time.strftime('%Y%m%d-%H%M%S')}"
-        run = self.client.create_run(experiment_id, run_name=name, tags={"hamdam.kind": LOOP_KIND})
+        run = self.client.create_run(experiment_id, run_name=name, tags={"hamdam.kind": LOOP_KIND, **owner_tags()})
         self.run_id = run.info.run_id
         settings = cfg.selfgen
         for key in ("forever", "interval_s", "samples", "cap", "max_generated_share", "max_rejections"):

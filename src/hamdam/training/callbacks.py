@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -28,3 +30,36 @@ class TokenThroughput(L.Callback):
         if elapsed > 0:
             pl_module.log("train/tokens_per_sec", tokens / elapsed, on_step=True, on_epoch=False, batch_size=1)
             pl_module.log("train/step_seconds", elapsed, on_step=True, on_epoch=False, batch_size=1)
+
+
+class LastCheckpoint(L.Callback):
+    """``last.ckpt`` for ``ckpt_path=last``: the state at the end of every epoch, and every
+    ``every_n_steps`` optimizer steps when set.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` refreshes ``last.ckpt`` only when it saves a
+    top-k checkpoint (so a resume could go back many epochs) and writes in place (so a kill can
+    leave a truncated file). This one writes a temporary file and renames it over the last one.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None):
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
+        self._saved_step = -1
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._saved_step:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        final = self.dirpath / "last.ckpt"
+        temporary = self.dirpath / f".last.ckpt.{os.getpid()}.tmp"
+        trainer.save_checkpoint(temporary)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(temporary, final)
+        self._saved_step = trainer.global_step

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def find_checkpoint(cfg: DictConfig) -> Path | None:
-    """``ckpt_path=last``: the newest ``last.ckpt`` of an earlier run of this model; or a given path."""
+    """``ckpt_path=last``: the newest ``last.ckpt`` of an earlier run of this model; or a given path.
+    Either is read and checked against ``trainer.max_epochs`` before anything is built."""
     wanted = cfg.get("ckpt_path")
     if not wanted:
         return None
@@ -32,7 +34,7 @@ def find_checkpoint(cfg: DictConfig) -> Path | None:
         path = Path(wanted)
         if not path.is_file():
             raise HamdamError(f"ckpt_path={wanted}: no such checkpoint file. Pass a .ckpt path or ckpt_path=last.")
-        return path
+        return check_resumable(path, cfg.trainer.get("max_epochs", -1))
     runs = Path(cfg.paths.runs_dir)
     here = Path(cfg.paths.output_dir).resolve()
     candidates = [
@@ -45,7 +47,30 @@ def find_checkpoint(cfg: DictConfig) -> Path | None:
             f"ckpt_path=last: no earlier run of model '{cfg.model.name}' with a checkpoint under "
             f"{runs}. Start a fresh run without ckpt_path, or pass ckpt_path=/path/to/last.ckpt."
         )
-    return max(candidates, key=lambda p: p.stat().st_mtime)
+    return check_resumable(max(candidates, key=lambda p: p.stat().st_mtime), cfg.trainer.get("max_epochs", -1))
+
+
+def check_resumable(path: Path, max_epochs: int) -> Path:
+    """A checkpoint Lightning can resume under ``max_epochs``, or a clear error.
+
+    ``trainer.max_epochs`` counts from the start of the first run, so a resumed run trains the
+    epochs between the checkpoint and it: 10 epochs, killed after 4, resumed, trains 6 more."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        done = int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])  # saved at epoch end
+    except Exception as err:  # truncated, not a zip, not a pickle, not Lightning's layout: all the same to the user
+        raise HamdamError(
+            f"ckpt_path: '{path}' cannot be read as a Lightning checkpoint ({type(err).__name__}: "
+            f"{str(err)[:200]}). It may be truncated or not a .ckpt file; pass another checkpoint, or start "
+            "a fresh run without ckpt_path."
+        ) from err
+    if max_epochs != -1 and done > max_epochs:
+        raise HamdamError(
+            f"ckpt_path: '{path}' has already trained {done} epochs, more than trainer.max_epochs={max_epochs}. "
+            f"trainer.max_epochs counts from the first run's start: set trainer.max_epochs above {done} to "
+            "train on from it, or start a fresh run without ckpt_path."
+        )
+    return path
 
 
 def model_name_of(run_dir: Path) -> str | None:
@@ -68,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train once; returns the final metrics (for sweeps)."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule: DialogueDataModule = instantiate(cfg.data)  # bad data fails here, before any output
+    checkpoint = find_checkpoint(cfg)  # and so does a checkpoint that cannot be resumed
     # Continue from an exported model (a learning round): its tokenizer, markers, weights, adapter.
     init = load_exported(cfg.init_from, trainable=True) if cfg.get("init_from") else None
     markers: RoleMarkers = RoleMarkers(**init.meta["markers"]) if init else instantiate(cfg.model.markers)
@@ -78,7 +104,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     if cfg.model.get("bootstrap") is not None:
         instantiate(cfg.model.bootstrap)(texts=datamodule.train_texts())
-    checkpoint = find_checkpoint(cfg)
     if init is not None:
         tokenizer = init.chat_format.tokenizer
         log.info("Continuing from %s", cfg.init_from)

@@ -1,17 +1,22 @@
 """What goes into each MLflow run besides Lightning's metrics: params, tags, artifacts, status.
 
 The run itself is Lightning's ``MLFlowLogger`` (configured by ``conf/logger``), so metrics are
-logged from rank 0 only and a crash inside ``fit`` marks the run FAILED.
+logged from rank 0 only and a crash inside ``fit`` marks the run FAILED. A SIGKILL leaves no chance
+to mark anything, so every run hamdam opens records its process (``owner_tags``), and every command
+that opens a run first marks KILLED the runs whose process is gone (``close_dead_runs``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import psutil
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -61,10 +66,54 @@ def git_state(root: Path) -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "hamdam.git_dirty": str(bool(dirty)).lower()}
 
 
+def owner_tags() -> dict[str, str]:
+    """The process that owns a run: host, pid and the pid's start time (pids are reused)."""
+    return {
+        "hamdam.host": socket.gethostname(),
+        "hamdam.pid": str(os.getpid()),
+        "hamdam.pid_started": f"{psutil.Process().create_time():.2f}",
+    }
+
+
+def _owner_alive(tags: dict[str, str]) -> bool:
+    try:
+        process = psutil.Process(int(tags["hamdam.pid"]))
+        started = float(tags.get("hamdam.pid_started", "nan"))
+        return not abs(process.create_time() - started) > 1.0  # nan (unknown start) counts as the same
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def close_dead_runs(client: Any) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process is gone; returns their ids.
+
+    Runs of other hosts are left alone: their processes cannot be seen from here."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`hamdam.host` = '{host}'"
+    closed = []
+    for run in client.search_runs(experiments, query, max_results=1000):
+        tags = run.data.tags
+        if _owner_alive(tags):
+            continue
+        client.set_tag(run.info.run_id, "hamdam.error", f"process {tags.get('hamdam.pid')} on {host} was killed")
+        client.set_terminated(run.info.run_id, "KILLED")
+        log.warning("MLflow run %s (%s) was left RUNNING by a killed process; marked KILLED",
+                    run.info.run_id, run.info.run_name)  # fmt: skip
+        closed.append(run.info.run_id)
+    return closed
+
+
 @rank_zero_only
 def log_run_start(logger: MLFlowLogger, cfg: DictConfig, data_path: Path, tags: dict[str, str]) -> None:
+    close_dead_runs(logger.experiment)
     logger.log_hyperparams(flatten_config(cfg))
     all_tags = {
+        **owner_tags(),
         "hamdam.data_path": str(data_path),
         "hamdam.data_sha256": file_sha256(data_path),
         "hamdam.model": str(cfg.model.name),

@@ -59,6 +59,11 @@ class ExportStats:
 def resolve_speaker(speaker: str | None, senders: Counter, path: object) -> str:
     """The speaker as the export spells them; an error that lists the senders otherwise."""
     listing = ", ".join(f"'{name}' ({n} messages)" for name, n in senders.most_common(20))
+    if not senders:
+        raise DataError(
+            f"{path}: the export holds no text messages from anyone, so there is nothing to import. "
+            "Check that it is the full export of the chat (with its messages) and run again."
+        )
     if not speaker:
         raise DataError(
             f"{path}: say whose words the model should learn with --speaker NAME. The senders in this "
