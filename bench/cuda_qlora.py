@@ -10,7 +10,7 @@ time of one 48-token reply from the exported model as `hamdam chat` loads it.
     python bench/cuda_qlora.py --steps 60
     python bench/cuda_qlora.py --steps 60 --batch-size 64 --settings qlora fp32
 
-Needs a CUDA GPU; on a CPU it stops with a message (see DESIGN.md for NF4 on a CPU).
+Needs a CUDA GPU; on a CPU it stops with a message (see docs/ARCHITECTURE.md for NF4 on a CPU).
 """
 
 from __future__ import annotations

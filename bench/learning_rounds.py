@@ -22,7 +22,7 @@ worker start-up (imports, safety models) happens once per session, before the fi
 benchmark waits for it before timing the idle replies.
 
 The gpt2-fa shape uses the real gpt2-fa code path (`experiment=smoke` with the stand-in grown to
-gpt2-fa's size). On a CPU, `quantization=auto` trains it in fp32 (see DESIGN.md for NF4 on CPU).
+gpt2-fa's size). On a CPU, `quantization=auto` trains it in fp32 (see docs/ARCHITECTURE.md for NF4 on CPU).
 """
 
 from __future__ import annotations

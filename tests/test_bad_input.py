@@ -349,3 +349,14 @@ def test_the_corpus_covers_every_kind_of_input():
     for kind in ("data-", "import-conv", "import-jsonl", "import-whatsapp", "import-telegram", "chat-", "ckpt-",
                  "epochs", "crafted"):  # fmt: skip
         assert kind in names
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin"),
+    [(["rounds"], ""), (["rounds", "--json"], ""), (["safety", "classify"], "سلام بابا\n"), (["data", "stats"], "")],
+    ids=["rounds", "rounds-json", "safety-classify", "data-stats"],
+)
+def test_read_only_commands_create_nothing(tmp_path, monkeypatch, capfd, args, stdin):
+    code, err = run_in_process(args, tmp_path, stdin, monkeypatch, capfd)
+    assert code in (0, 2) and "Traceback" not in err, err[-3000:]  # data stats: no data here, said in one line
+    assert list(tmp_path.iterdir()) == []

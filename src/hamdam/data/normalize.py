@@ -1,7 +1,7 @@
 """Text normalization (Persian first), applied wherever text enters hamdam.
 
 Written here rather than taken from hazm because hazm pins numpy 1.24, which cannot sit beside
-torch/transformers (see DESIGN.md). What it does, in order:
+torch/transformers (see docs/ARCHITECTURE.md). What it does, in order:
 
 0. Control characters (but newline and tab), bidi embeddings/overrides/isolates (U+202A-U+202E,
    U+2066-U+2069) and the replacement character U+FFFD are removed: a NUL, a terminal escape
