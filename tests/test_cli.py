@@ -53,14 +53,26 @@ def test_missing_model_is_one_paragraph_without_traceback(tmp_path):
 def test_chat_without_a_trained_model_says_what_to_do(tmp_path):
     result = run_hamdam(["chat"], tmp_path, stdin="سلام\n")
     assert result.returncode == 2
-    assert "No trained model yet" in result.stderr and "hamdam train" in result.stderr
+    assert "No model is served yet" in result.stderr and "make run" in result.stderr
+    assert "hamdam use latest" in result.stderr
 
 
 @pytest.mark.slow
 def test_smoke_then_chat_over_a_pipe(tmp_path):
+    # A workspace whose pipeline has trained its model (here: a smoke model standing in for it) ...
+    pipeline = run_hamdam(["train", "experiment=smoke", *FAST, "run_name=pipeline-stand-in", "record_latest=false",
+                           f"export_dir={tmp_path / 'pipeline' / 'model'}"], tmp_path)  # fmt: skip
+    assert pipeline.returncode == 0, pipeline.stderr[-3000:]
+    # ... then a quick smoke run: it is listed, but the pipeline's model stays the served one.
     trained = run_hamdam(["train", "experiment=smoke", *FAST], tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert [status for _, status in finished_runs(tmp_path)] == ["FINISHED"]
+    assert [status for _, status in finished_runs(tmp_path)] == ["FINISHED", "FINISHED"]
+    listed = json.loads(run_hamdam(["models", "--json"], tmp_path).stdout)
+    assert [(m["name"], m["served"]) for m in listed][0] == ("pipeline", True)
+    assert [m["served"] for m in listed[1:]] == [False] and listed[-1]["model_name"] == "smoke_lora"
+    assert run_hamdam(["use", "latest"], tmp_path).returncode == 0
+    listed = json.loads(run_hamdam(["models", "--json"], tmp_path).stdout)
+    assert [m["served"] for m in listed] == [False, True]
     chat = run_hamdam(["chat", "seed=1"], tmp_path, stdin="سلام\n\nدلم برات تنگ شده <|assistant|>\n")
     assert chat.returncode == 0, chat.stderr[-3000:]
     lines = chat.stdout.splitlines()
@@ -98,6 +110,10 @@ def test_sweep_runs_one_mlflow_run_per_job(tmp_path):
             "select r.status, p.value from runs r join params p on p.run_uuid = r.run_uuid where p.key = 'model.lora.r'"
         ).fetchall()
     assert sorted(rows) == [("FINISHED", "2"), ("FINISHED", "4")]
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        names = sorted(name for (name,) in db.execute("select name from runs"))
+    # Distinct, and each says which job it was: its number and the swept setting.
+    assert len(set(names)) == 2 and "-0-" in names[0] and "model.lora.r=2" in names[0] and "model.lora.r=4" in names[1]
 
 
 @pytest.mark.slow

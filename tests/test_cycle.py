@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from hamdam.data.records import load_dialogues
 from hamdam.errors import HamdamError
-from hamdam.learning.champion import champion_dir
+from hamdam.learning.champion import champion_dir, serve
 from hamdam.learning.engine import RoundEngine
 from hamdam.learning.gate import Gate, Scores
 from hamdam.learning.retrain import template
@@ -69,6 +69,8 @@ def smoke_workspace(root: Path) -> None:
         root,
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
+    chosen = run_hamdam(["use", "latest"], root)  # training never changes the served model by itself
+    assert chosen.returncode == 0 and "serving" in chosen.stdout, chosen.stderr[-2000:]
 
 
 def test_cycle_trains_from_the_champion_and_gates(tmp_path):
@@ -85,6 +87,7 @@ def test_cycle_trains_from_the_champion_and_gates(tmp_path):
              "callbacks.rich_progress_bar=null"],
         )  # fmt: skip
         train(base)
+        serve(tmp_path / "runs", tmp_path / "runs" / "base" / "model", {"chosen": "test"})
         store = ChatStore(tmp_path / "chats.db")
         session = store.start_session("base")
         for message, reply in [("سلام بابا", "سلام پسرم، خوبی؟"), ("دلم برات تنگه", "منم دلم برات تنگه.")]:
@@ -167,6 +170,7 @@ def test_a_setting_in_learning_train_overrides_reaches_the_rounds_training(tmp_p
         train(compose("train", [*common, "experiment=smoke", f"model.name_or_path={tiny}", f"data.path={SAMPLE}",
                                 f"paths.output_dir={tmp_path / 'runs' / 'base'}", "trainer.max_epochs=1",
                                 "callbacks.rich_progress_bar=null"]))  # fmt: skip
+        serve(tmp_path / "runs", tmp_path / "runs" / "base" / "model", {"chosen": "test"})
         store = ChatStore(tmp_path / "chats.db")
         store.add_turn(store.start_session("base"), "سلام بابا", "سلام پسرم، خوبی؟", "model", "fa")
         store.close()
@@ -228,7 +232,20 @@ def test_piped_learning_session_of_25_turns_makes_two_rounds(tmp_path):
     assert (tmp_path / "data" / "rounds" / "0001.jsonl").is_file()
     assert not (tmp_path / "data" / "rounds" / "0002.jsonl").exists()
     assert json.loads(sh([DVC, "status", "data.dvc", "--json"], tmp_path)) == {}
-    assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
+    served_then = (
+        (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
+        if table[0]["status"] == "promoted"
+        else (Path(json.loads((tmp_path / "runs" / "latest.json").read_text())["model_dir"]))
+    )
+    assert champion_dir(tmp_path / "runs") == served_then
+
+    # `hamdam rollback 0`: the data and the model from before the first round.
+    before = run_hamdam(["rollback", "0"], tmp_path)
+    assert before.returncode == 0 and "from before round 1" in before.stdout, before.stderr[-2000:]
+    assert (tmp_path / "data.dvc").read_text() == sh(["git", "show", "HEAD~2:data.dvc"], tmp_path) + "\n"
+    assert not (tmp_path / "data" / "rounds").exists() or not any((tmp_path / "data" / "rounds").iterdir())
+    smoke = Path(json.loads((tmp_path / "runs" / "latest.json").read_text())["model_dir"])
+    assert champion_dir(tmp_path / "runs") == smoke
 
 
 # The smoke model has random weights: what the learned output guard makes of its gibberish is

@@ -90,6 +90,14 @@ def test_repro_runs_end_to_end_then_does_nothing(clone):
     shown = sh(["dvc", "metrics", "show"], root, env).stdout
     assert "eval_perplexity" in shown
 
+    # Evaluating another model writes beside that model, never over the pipeline's tracked results.
+    tracked = (root / "pipeline" / "metrics.json").read_bytes()
+    shutil.copytree(root / "pipeline" / "model", root / "runs" / "other" / "model")
+    sh(["hamdam", "evaluate", "model_dir=runs/other/model"], root, env)
+    assert json.loads((root / "runs" / "other" / "eval" / "metrics.json").read_text())["generated"] == 6
+    assert (root / "pipeline" / "metrics.json").read_bytes() == tracked
+    assert json.loads(sh(["dvc", "status", "--json"], root, env).stdout) == {}
+
     # The MLflow run of the training stage carries the evaluation numbers too.
     from mlflow.tracking import MlflowClient
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hamdam.data.quality import QualityFilter
+from hamdam.data.records import Dialogue, Turn
 from hamdam.errors import HamdamError
 from hamdam.learning.rounds import ChatTurns, DataVersioner, GeneratedSamples, RoundExporter, RoundFilter
 from hamdam.learning.store import ChatStore, GeneratedSample, RoundStatus
@@ -135,3 +136,17 @@ def test_a_generated_round_a_crash_left_half_exported_is_finished_by_the_next_ch
     other = store.open_round("imported", folder="imports")
     with pytest.raises(HamdamError, match=rf"Round {other} \(kind 'imported'\) was left half-exported"):
         exporter.resume()
+
+
+def test_replies_that_are_not_text_never_become_round_data(workspace):
+    store = ChatStore(workspace / "chats.db")
+    session = store.start_session("m")
+    store.add_turn(session, "سلام بابا", "سلام\u0006 پسرم\u001b[31m خوبی\ufffd؟", "model", "fa")  # a gibberish model
+    store.add_turn(session, "چی شده؟", "!!! ۱۲۳۴۵ ??? ...", "model", "fa")  # symbols and digits, few letters
+    store.add_turn(session, "دلت تنگ شده؟", "آره  عزیزم،   خیلی", "model", "fa")  # text: kept, normalized
+    info = exporter_for(store, workspace).export()
+    rows = [json.loads(line) for line in (workspace / "data" / info.source).read_text().splitlines()]
+    assert [(r["instruction"], r["response"]) for r in rows] == [("دلت تنگ شده؟", "آره عزیزم، خیلی")]
+    quality = QualityFilter()
+    reply = Dialogue((Turn("user", "سلام"), Turn("assistant", "!!! ۱۲۳۴۵ ??? ...")))
+    assert quality.reject(reply) == "few_letters"

@@ -15,11 +15,11 @@ from test_cycle import DVC, RULES_ONLY, seed_workspace, sh
 
 from hamdam.data.quality import QualityFilter, unprintable
 from hamdam.data.records import Dialogue, Turn
-from hamdam.learning.champion import champion_dir
+from hamdam.learning.champion import champion_dir, serve
 from hamdam.learning.gate import DiversityCheck, Gate, Scores
 from hamdam.learning.retrain import Retrainer
 from hamdam.learning.store import ChatStore, Diversity, Score
-from hamdam.models.export import read_latest, write_latest
+from hamdam.models.export import read_latest
 from hamdam.selfgen.diversity import diversity_of
 from hamdam.selfgen.loop import generated_records, progress
 
@@ -136,7 +136,7 @@ def scratch_model(tmp_path_factory) -> Path:
 def selfgen_workspace(root: Path, model: Path) -> None:
     """The seed workspace, serving the trained tiny model (read only: rounds write their own)."""
     seed_workspace(root)
-    write_latest(root / "runs", model, {"test": True})
+    serve(root / "runs", model, {"chosen": "test"})
 
 
 def _selfgen_args(root: Path, *extra: str) -> list[str]:
@@ -197,7 +197,9 @@ def test_two_selfgen_runs_make_two_generated_rounds_versioned_tracked_and_restor
     assert (tmp_path / "data" / "generated" / "0001.jsonl").is_file()
     assert not (tmp_path / "data" / "generated" / "0002.jsonl").exists()
     assert json.loads(sh([DVC, "status", "data.dvc", "--json"], tmp_path)) == {}
-    assert champion_dir(tmp_path / "runs") == (tmp_path / "runs" / "rounds" / "0001" / "model").resolve()
+    # The model served after round 1: its own if promoted, else the one it was trained from.
+    after_one = tmp_path / "runs" / "rounds" / "0001" / "model" if table[0]["status"] == "promoted" else scratch_model
+    assert champion_dir(tmp_path / "runs") == after_one.resolve()
 
 
 def _round_status(db: Path) -> list[tuple[int, str]]:

@@ -40,6 +40,7 @@ def test_tinydialogue_zh_trains_the_seed_shape_on_a_conv_file_and_chats_in_chine
     # A checkpoint every 2 epochs: after 2 epochs, the one of epoch index 1 (and last.ckpt to resume).
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch001-step2.ckpt", "last.ckpt"]
 
+    assert run_hamdam(["use", "latest"], cwd=tmp_path).returncode == 0  # training alone never changes what is served
     chat = run_hamdam(
         ["chat", "lang=zh", "seed=1", "generation.max_new_tokens=20"], cwd=tmp_path, stdin="你好\n我想我妈妈了\n"
     )

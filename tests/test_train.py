@@ -225,3 +225,13 @@ def test_init_from_continues_an_exported_adapter(compose_cfg, tmp_path, tiny_gpt
     continue_from(tmp_path / "a", steps=2, out=tmp_path / "c")
     moved = load_file(tmp_path / "c" / "adapter_model.safetensors")
     assert any(not torch.equal(first[k], moved[k]) for k in first)
+
+
+def test_without_a_terminal_progress_is_a_log_line_every_n_steps(compose_cfg, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="hamdam.training.callbacks")
+    train(compose_cfg(f"data.path={SAMPLE}", *TINY_SCRATCH, "~logger", "callbacks.progress_log.every_n_steps=4"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "hamdam.training.callbacks"]
+    assert lines and lines[0].startswith("epoch 0, step 4/12: loss ") and lines[0].endswith(" tokens/s")
+    assert [int(line.split("step ")[1].split("/")[0]) for line in lines] == [4, 8, 12]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import errno
 import importlib
+import logging
 import os
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,8 +48,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "selfgen",
         "one self-generated round; --forever: the loop (every selfgen.interval_s, up to selfgen.cap)",
     ),
+    "models": ("hamdam.learning.catalog:models", "models", "the trained models and which one is served (--json)"),
+    "use": ("hamdam.learning.catalog:use", "models", "NAME: serve this model (pipeline, latest, a run, round-N)"),
     "rounds": ("hamdam.learning.history:rounds", "rounds", "the learning rounds (--json for JSON)"),
-    "rollback": ("hamdam.learning.history:rollback", "rounds", "restore data/ and the model of round N"),
+    "rollback": (
+        "hamdam.learning.history:rollback",
+        "rounds",
+        "N: restore data/ and the served model of round N (0: from before the first round)",
+    ),
     "safety classify": (
         "hamdam.safety.classify:classify",
         "classify",
@@ -60,6 +68,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 FLAGS: dict[str, dict[str, str]] = {
     "data stats": {"--json": "json=true"},
     "rounds": {"--json": "json=true"},
+    "models": {"--json": "json=true"},
     "chat": {"--learn": "learning.enabled=true"},
     "selfgen": {"--forever": "selfgen.forever=true"},
 }
@@ -67,7 +76,11 @@ FLAGS: dict[str, dict[str, str]] = {
 OPTIONS: dict[str, dict[str, str]] = {"data import": {"--format": "importer", "--speaker": "speaker"}}
 # Commands whose first argument is a value, and the override it stands for.
 # (override key, whether the value is text to pass as written rather than parsed by Hydra)
-POSITIONAL: dict[str, tuple[str, bool]] = {"rollback": ("round", False), "data import": ("path", True)}
+POSITIONAL: dict[str, tuple[str, bool]] = {
+    "rollback": ("round", False),
+    "data import": ("path", True),
+    "use": ("name", True),
+}
 # Options a command cannot run without, and what to say when one is missing.
 REQUIRED: dict[str, dict[str, str]] = {
     "data import": {"importer": "say which format the file is in: --format conv|jsonl|whatsapp|telegram"}
@@ -253,7 +266,29 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+class _DropTips(logging.Filter):
+    """Lightning's advertisements ("💡 Tip: ... try installing litlogger") are not training logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_libraries() -> None:
+    """Library noise, silenced once at the source for every command (before the libraries load)."""
+    # bitsandbytes warns at import, on every CPU, that an optional kernel package is missing.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
+    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
+    for name in ("mlflow.store.db.utils", "alembic"):  # database set-up chatter on every new store
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Download and shard progress bars of the Hugging Face libraries: hamdam logs what it loads.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
 def main() -> None:
+    quiet_libraries()
     args = sys.argv[1:]
     if not args or args[0] in ("-h", "--help"):
         print(usage())

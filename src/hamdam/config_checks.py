@@ -86,6 +86,7 @@ BATCH_LIMIT = Rule(
 
 RULES: dict[str, Rule] = {
     "seed": integer(0, optional=True),
+    "threads": integer(1, optional=True),
     # trainer (Lightning's Trainer)
     "trainer.max_epochs": integer(1, also=(-1,)),
     "trainer.max_steps": integer(1, also=(-1,)),
@@ -102,6 +103,7 @@ RULES: dict[str, Rule] = {
     "trainer.limit_train_batches": BATCH_LIMIT,
     "trainer.limit_val_batches": BATCH_LIMIT,
     "callbacks.last_checkpoint.every_n_steps": integer(1, optional=True),
+    "callbacks.progress_log.every_n_steps": integer(1),
     # data (DialogueDataModule)
     "data.batch_size": integer(1),
     "data.eval_batch_size": integer(1, optional=True),
@@ -143,6 +145,7 @@ RULES: dict[str, Rule] = {
     "learning.quality.max_reply_chars": integer(1),
     "learning.quality.min_script_ratio": PROBABILITY,
     "learning.quality.max_repeated_ngram_ratio": PROBABILITY,
+    "learning.quality.min_letter_share": PROBABILITY,
     # generation (transformers' GenerationConfig)
     "generation.do_sample": BOOLEAN,
     "generation.temperature": number(0, 100, low_open=True),

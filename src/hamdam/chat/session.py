@@ -16,7 +16,7 @@ from transformers.utils import logging as hf_logging
 from hamdam.chat.commands import FeedbackState, handle
 from hamdam.chat.engine import OUT_OF_PERSONA, ChatEngine, Conversation
 from hamdam.data.normalize import normalize_text
-from hamdam.learning.champion import champion_dir
+from hamdam.learning.champion import champion_dir, serve
 from hamdam.learning.store import ChatStore
 from hamdam.learning.worker import LearningWorker, write_config
 from hamdam.models.export import Exported, load_exported
@@ -90,6 +90,10 @@ def start_learning(cfg: DictConfig, model_dir: Path) -> FeedbackState:
     """Open the chat store, and the worker that runs a round every ``learning.every`` turns."""
     store = ChatStore(cfg.learning.store)
     runs_dir = Path(cfg.paths.runs_dir)
+    if cfg.get("model_dir"):
+        # Rounds continue from the model this session was started with: it becomes the served one.
+        serve(runs_dir, model_dir, {"chosen": f"hamdam chat --learn model_dir={cfg.model_dir}"})
+        log.warning("learning from %s: it is now the served model (`hamdam models` shows it)", model_dir)
     parent = start_parent_run(cfg)
     config_file = write_config(cfg, runs_dir / "rounds" / "worker.yaml", parent)
     worker = LearningWorker(cfg.learning.every, config_file, runs_dir / "rounds" / "learn.log")

@@ -44,6 +44,12 @@ def unprintable(text: str) -> bool:
     return False
 
 
+def letter_share(text: str) -> float:
+    """Share of letters among the characters that are not spaces (1.0 for an empty text)."""
+    visible = [c for c in text if not c.isspace()]
+    return sum(c.isalpha() for c in visible) / len(visible) if visible else 1.0
+
+
 def repeated_ngram_ratio(text: str, n: int = 3) -> float:
     """Share of word n-grams that repeat an earlier one: degenerate loops score high."""
     words = text.split()
@@ -65,6 +71,9 @@ class QualityFilter:
     max_repeated_ngram_ratio: float = 0.3
     # Drop turns with control characters, U+FFFD or bidi overrides (``unprintable``).
     printable: bool = True
+    # Replies need at least this share of letters among their visible characters: a reply of
+    # symbols, digits or punctuation is not text to learn from.
+    min_letter_share: float = 0.5
 
     def reject(self, dialogue: Dialogue) -> str | None:
         for turn in dialogue.turns:
@@ -76,6 +85,8 @@ class QualityFilter:
             if self.printable and unprintable(turn.text):
                 return "unprintable"
             if turn.role == "assistant":
+                if letter_share(turn.text) < self.min_letter_share:
+                    return "few_letters"
                 if self.script and script_ratio(turn.text, self.script) < self.min_script_ratio:
                     return "wrong_script"
                 if repeated_ngram_ratio(turn.text) > self.max_repeated_ngram_ratio:

@@ -77,6 +77,41 @@ def loss_curves(tracking_uri: str, run_id: str | None) -> dict[str, str]:
     return curves
 
 
+TITLES = {"train_loss.csv": "training loss per step", "val_loss.csv": "validation loss per epoch"}
+
+
+def write_png(csv_text: str, title: str, path: Path) -> None:
+    """The curve as a PNG, so it renders offline (``dvc plots show`` fetches its renderer from the
+    internet); no timestamp or version in the file, so the same curve gives the same bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    rows = list(csv.reader(io.StringIO(csv_text)))[1:]
+    figure = Figure(figsize=(6, 3.5), dpi=100)
+    axes = figure.add_subplot()
+    axes.plot([int(r[0]) for r in rows], [float(r[1]) for r in rows], marker="." if len(rows) < 30 else None)
+    axes.set(title=title, xlabel="step", ylabel="loss")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(temporary, format="png", metadata={"Software": None})
+    temporary.replace(path)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """``out_dir``, else where the model's own results belong: ``pipeline/`` (DVC-tracked) for the
+    pipeline's model only, ``<run>/eval/`` beside any other model, so evaluating another model never
+    overwrites the pipeline's metrics."""
+    if cfg.get("out_dir"):
+        return Path(cfg.out_dir)
+    model_dir = Path(cfg.model_dir).resolve()
+    pipeline = (Path(cfg.paths.root_dir) / "pipeline").resolve()
+    return pipeline if model_dir == pipeline / "model" else model_dir.parent / "eval"
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     set_seed(cfg.seed)
     exported = load_exported(cfg.model_dir)
@@ -96,7 +131,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics["eval_pairs"] = len(dialogues)
     metrics["generated"] = len(replies)
 
-    out = Path(cfg.out_dir)
+    out = output_dir(cfg)
     write_atomic_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     samples = "".join(
         json.dumps({"prompt": p, "reply": r, "ended_cleanly": c}, ensure_ascii=False) + "\n"
@@ -106,6 +141,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_id = training_run_id(cfg.tracking_uri, Path(cfg.model_dir))
     for name, text in loss_curves(cfg.tracking_uri, run_id).items():
         write_atomic_text(out / "plots" / name, text)
+        write_png(text, TITLES[name], out / "plots" / name.replace(".csv", ".png"))
     if run_id:
         from mlflow.tracking import MlflowClient
 
@@ -114,5 +150,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             client.log_metric(run_id, f"eval/{key}", float(value))
         client.log_artifact(run_id, str(out / "metrics.json"), artifact_path="eval")
         client.log_artifact(run_id, str(out / "samples.jsonl"), artifact_path="eval")
+        for png in sorted((out / "plots").glob("*.png")):
+            client.log_artifact(run_id, str(png), artifact_path="eval/plots")
     log.info("evaluate: %s", json.dumps(metrics))
     return metrics

@@ -1,4 +1,9 @@
-"""Which model the learning rounds serve: the ``champion`` pointer under the runs directory."""
+"""Which model ``hamdam chat`` serves: ``champion.json`` under the runs directory, else the pipeline's.
+
+Only an explicit choice moves it: ``hamdam use``, ``hamdam chat --learn model_dir=...``, a round the
+gate promotes, and ``hamdam rollback``. Training never does (``runs/latest.json`` only records the
+newest trained model), so a smoke or random-weight model is never served by surprise.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,57 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hamdam.models.export import read_latest, write_pointer
+from hamdam.errors import ModelLoadError
+from hamdam.models.export import write_pointer
 
 CHAMPION_FILE = "champion.json"
+# The DVC pipeline's model, beside the runs directory: served until something else is chosen.
+PIPELINE_MODEL = Path("pipeline") / "model"
+
+
+def pipeline_model(runs_dir: Path) -> Path:
+    return Path(runs_dir).parent / PIPELINE_MODEL
+
+
+def served(runs_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The served model and the record of why (``{"default": "pipeline"}`` when nothing was chosen)."""
+    pointer = Path(runs_dir) / CHAMPION_FILE
+    if pointer.is_file():
+        info = json.loads(pointer.read_text(encoding="utf-8"))
+        return Path(info.pop("model_dir")), info
+    default = pipeline_model(runs_dir)
+    if (default / "hamdam.json").is_file():
+        return default, {"default": "pipeline"}
+    raise ModelLoadError(
+        f"No model is served yet: there is no {pointer} and no pipeline model at {default}. Run `make run` "
+        "(or `dvc repro`) to train the pipeline model, or choose one: `hamdam use latest` serves the model "
+        "the latest `hamdam train` wrote (`hamdam models` lists them all), or pass model_dir=/path/to/model."
+    )
 
 
 def champion_dir(runs_dir: Path) -> Path:
-    """The model being served: the last promoted one, else the last trained one."""
-    pointer = Path(runs_dir) / CHAMPION_FILE
-    if pointer.is_file():
-        return Path(json.loads(pointer.read_text(encoding="utf-8"))["model_dir"])
-    return read_latest(Path(runs_dir))
+    """The model being served (see ``served``)."""
+    return served(runs_dir)[0]
 
 
 def serve(runs_dir: Path, model_dir: Path, info: dict[str, Any]) -> None:
-    """Make ``model_dir`` the champion: ``hamdam chat`` answers with it from its next turn on."""
+    """Make ``model_dir`` the served model: ``hamdam chat`` answers with it from its next turn on."""
     write_pointer(Path(runs_dir) / CHAMPION_FILE, model_dir, info)
+
+
+def unserve(runs_dir: Path) -> None:
+    """Back to the default (the pipeline's model)."""
+    (Path(runs_dir) / CHAMPION_FILE).unlink(missing_ok=True)
+
+
+def why(info: dict[str, Any]) -> str:
+    """The reason a model is served, in words."""
+    if info.get("default"):
+        return "the pipeline's model (nothing else chosen)"
+    if info.get("rollback") is not None:
+        return f"hamdam rollback {info.get('round', '?')}"
+    if info.get("round") is not None:
+        return f"promoted by learning round {info['round']}"
+    if info.get("chosen"):
+        return str(info["chosen"])
+    return "chosen earlier"

@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 
 from hamdam.errors import HamdamError
 from hamdam.io import write_atomic_text
-from hamdam.learning.champion import serve
-from hamdam.learning.store import ChatStore
+from hamdam.learning.champion import serve, served, unserve
+from hamdam.learning.store import ChatStore, RoundStatus
 
 
 def _mlflow_runs(tracking_uri: str) -> dict[str, dict]:
@@ -96,26 +96,34 @@ def rollback(cfg: DictConfig) -> None:
         )
     store = ChatStore(cfg.learning.store)
     try:
-        row = store.round(number)
+        row = store.round(max(number, 1))  # 0: from before round 1
     finally:
         store.close()
     if row is None or row.git_commit is None:
         raise HamdamError(
-            f"Round {number} has no recorded data version (unknown round, or the workspace is not a git "
+            f"Round {max(number, 1)} has no recorded data version (unknown round, or the workspace is not a git "
             "repository). `hamdam rounds` lists the rounds that can be restored."
         )
-    commit, md5 = row.git_commit, row.data_md5
-    dvc_file = subprocess.run(
-        ["git", "-C", str(root), "show", f"{commit}:data.dvc"], capture_output=True, text=True, check=True
-    ).stdout
-    write_atomic_text(root / "data.dvc", dvc_file)
+    revision = f"{row.git_commit}~1" if number == 0 else row.git_commit
+    shown = subprocess.run(["git", "-C", str(root), "show", f"{revision}:data.dvc"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise HamdamError(f"The data version before round 1 is not in this git history ({shown.stderr.strip()}).")
+    write_atomic_text(root / "data.dvc", shown.stdout)
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         repo.checkout(targets=[str(root / "data.dvc")], force=True)
-    model_dir = Path(cfg.paths.runs_dir) / "rounds" / f"{number:04d}" / "model"
-    if model_dir.is_dir():
-        serve(Path(cfg.paths.runs_dir), model_dir, {"round": number, "rollback": True})
-    sys.stdout.write(
-        f"data/ is round {number}'s version ({md5}); serving {model_dir if model_dir.is_dir() else 'unchanged'}\n"
-    )
+    # The model served after round N: its own if the gate promoted it, else the one it was trained from.
+    runs_dir = Path(cfg.paths.runs_dir)
+    model = row.model_dir if number > 0 and row.status == RoundStatus.PROMOTED else row.base_dir
+    if model and (Path(model) / "hamdam.json").is_file():
+        serve(runs_dir, Path(model), {"round": number, "rollback": True})
+    elif number == 0:
+        unserve(runs_dir)
+    try:
+        current: Path | str = served(runs_dir)[0]
+    except HamdamError:
+        current = "nothing (`hamdam use NAME` picks a model)"
+    md5 = next((line.split(":", 1)[1].strip() for line in shown.stdout.splitlines() if "md5:" in line), "?")
+    when = "from before round 1" if number == 0 else f"round {number}'s version"
+    sys.stdout.write(f"data/ is {when} ({md5}); serving {current}\n")

@@ -43,11 +43,14 @@ class Collector(Protocol):
 
 
 def round_record(turn: StoredTurn) -> dict:
-    """A training record from a turn: PII scrubbed; a /fix replaces the reply and makes it human-written."""
-    reply = turn.fixed_reply or turn.reply
+    """A training record from a turn: PII scrubbed; a /fix replaces the reply and makes it human-written.
+
+    A model's reply stays as it was written until the filter has seen it: normalizing first would
+    remove the control characters that mark a gibberish reply."""
+    reply = normalize_text(turn.fixed_reply) if turn.fixed_reply else turn.reply
     return {
         "instruction": scrub(normalize_text(turn.message)),
-        "response": scrub(normalize_text(reply)),
+        "response": scrub(reply),
         "origin": "human" if turn.fixed_reply else "chat",
         "turn_id": turn.id,
     }
@@ -101,7 +104,7 @@ class RoundFilter:
                 continue
             if self.safety is not None and self._unsafe(record):
                 continue
-            kept.append(record)
+            kept.append({**record, "response": normalize_text(record["response"])})
         return kept
 
     def _unsafe(self, record: dict) -> bool:

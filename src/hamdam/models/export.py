@@ -187,7 +187,7 @@ def write_pointer(pointer: Path, model_dir: Path, info: dict[str, Any]) -> None:
 
 
 def write_latest(runs_dir: Path, model_dir: Path, info: dict[str, Any]) -> None:
-    """Point ``hamdam chat`` at the model the latest training wrote."""
+    """Record the model the latest training wrote (``hamdam use latest`` serves it; training never does)."""
     write_pointer(Path(runs_dir) / LATEST_FILE, model_dir, info)
 
 
@@ -195,7 +195,7 @@ def read_latest(runs_dir: Path) -> Path:
     pointer = Path(runs_dir) / LATEST_FILE
     if not pointer.is_file():
         raise ModelLoadError(
-            f"No trained model yet: {pointer} does not exist. Run `hamdam train` (or "
+            f"No model has been trained here yet: {pointer} does not exist. Run `hamdam train` (or "
             "`hamdam train experiment=smoke` for a one-minute model) first, or pass "
             "model_dir=/path/to/run/model."
         )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+log = logging.getLogger(__name__)
 
 
 class TokenThroughput(L.Callback):
@@ -63,3 +67,35 @@ class LastCheckpoint(L.Callback):
         if trainer.is_global_zero:
             os.replace(temporary, final)
         self._saved_step = trainer.global_step
+
+
+class ProgressLog(L.Callback):
+    """A log line every ``every_n_steps`` optimizer steps (epoch, step of total, loss, tokens/s) when
+    stderr is not a terminal: a log file or a pipe gets no progress bar, and silence for minutes is
+    indistinguishable from a hang."""
+
+    def __init__(self, every_n_steps: int = 50, always: bool = False):
+        self.every_n_steps = every_n_steps
+        self.always = always
+        self._logged = -1
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps or step == self._logged or not trainer.is_global_zero:
+            return
+        if not self.always and sys.stderr.isatty():
+            return
+        self._logged = step
+        metrics = trainer.callback_metrics
+        loss = metrics.get("train/loss_step", metrics.get("train/loss"))
+        speed = metrics.get("train/tokens_per_sec")
+        log.info(
+            "epoch %d, step %d/%s: loss %s, %s tokens/s",
+            trainer.current_epoch,
+            step,
+            trainer.estimated_stepping_batches,
+            "-" if loss is None else f"{float(loss):.4f}",
+            "-" if speed is None else f"{float(speed):.0f}",
+        )

@@ -92,6 +92,8 @@ def backbone_record(cfg: DictConfig) -> dict[str, Any] | None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train once; returns the final metrics (for sweeps)."""
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     datamodule: DialogueDataModule = instantiate(cfg.data)  # bad data fails here, before any output
     checkpoint = find_checkpoint(cfg)  # and so does a checkpoint that cannot be resumed
     # Continue from an exported model (a learning round): its tokenizer, markers, weights, adapter.
@@ -129,7 +131,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
     )
 
-    logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    logger = instantiate(cfg.logger, run_name=tracking.run_name(cfg)) if cfg.get("logger") else None
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger if logger else False, callbacks=callbacks)
     if logger is not None:

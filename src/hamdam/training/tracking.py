@@ -66,6 +66,20 @@ def git_state(root: Path) -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "hamdam.git_dirty": str(bool(dirty)).lower()}
 
 
+def run_name(cfg: DictConfig) -> str:
+    """The MLflow run's name: ``run_name``, and in a sweep the job's number and its overrides, so the
+    jobs of ``-m model.lora.r=4,8`` are told apart (``smoke-20261126-0930-1-model.lora.r=8``)."""
+    name = str(cfg.logger.get("run_name") or cfg.run_name)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return name
+    job = HydraConfig.get().job
+    swept = ",".join(o for o in job.override_dirname.split(",") if o and "/" not in o)  # paths are noise
+    return f"{name}-{job.num}" + (f"-{swept}" if swept else "")[:200]
+
+
 def owner_tags() -> dict[str, str]:
     """The process that owns a run: host, pid and the pid's start time (pids are reused)."""
     return {
