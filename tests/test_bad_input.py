@@ -140,7 +140,13 @@ CASES: list[tuple[str, list[str], str, str, str]] = [
         "Start a fresh run",
     ),
     # imports, every format
-    ("import-no-format", ["data", "import", "{in}/good.json"], "", "say which format", "--format conv|jsonl"),
+    (
+        "import-no-format",
+        ["data", "import", "{in}/good.json"],
+        "",
+        "required: --format",
+        "--format conv|jsonl|whatsapp|telegram",
+    ),
     (
         "import-unknown-format",
         ["data", "import", "{in}/good.json", "--format", "csv"],
@@ -159,8 +165,8 @@ CASES: list[tuple[str, list[str], str, str, str]] = [
         "import-speaker-no-value",
         ["data", "import", "{in}/good.json", "--format", "jsonl", "--speaker"],
         "",
-        "--speaker needs a value",
-        "--speaker VALUE",
+        "argument --speaker: expected one argument",
+        "--help",
     ),
     (
         "import-jsonl-broken",
@@ -252,6 +258,8 @@ CASES: list[tuple[str, list[str], str, str, str]] = [
     ("evaluate-model-missing", ["evaluate", "model_dir=/nonexistent/model"], "", "/nonexistent/model", "model_dir"),
     ("rollback-no-rounds", ["rollback", "3"], "", "No learning rounds are recorded", "hamdam chat --learn"),
     ("rounds-json-value", ["rounds", "json=maybe"], "", "json='maybe'", "true or false"),
+    ("rollback-not-a-number", ["rollback", "three"], "", "invalid int value: 'three'", "--help"),
+    ("unknown-option", ["train", "--epochs", "3"], "", "unrecognized arguments: --epochs", "--help"),
     ("selfgen-no-samples", ["selfgen", "selfgen.samples=0"], "", "selfgen.samples=0", "integer ≥ 1"),
     (
         "selfgen-band",

@@ -25,6 +25,30 @@ def test_usage_and_unknown_command(tmp_path):
     assert result.returncode == 2 and "unknown command 'trian'" in result.stderr and "train" in result.stderr
 
 
+def test_each_command_has_its_own_help_with_its_options_and_answers_it_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom hamdam.cli import main\nsys.argv = ['hamdam', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch', code)"
+    )
+
+    def help_of(*words):
+        out = subprocess.run([sys.executable, "-c", probe, *words], capture_output=True, text=True, cwd=tmp_path)
+        return out.stdout
+
+    text = help_of("data", "import", "--help")
+    assert "usage: hamdam data import" in text and "--format" in text and "--speaker" in text and "path" in text
+    assert "example:" in text and text.rstrip().endswith("no torch 0")
+    assert "--learn" in help_of("chat", "--help") and "--json" in help_of("rounds", "--help")
+    assert "round" in help_of("rollback", "--help") and "--forever" in help_of("selfgen", "--help")
+    listing = help_of("data")  # a group lists its commands
+    assert all(f"data {c}" in listing for c in ("build", "prepare", "stats", "import"))
+    assert listing.rstrip().endswith("no torch 2")
+
+
 def test_broken_json_fails_before_training_with_one_paragraph(tmp_path):
     bad = tmp_path / "broken.json"
     bad.write_text('[{"instruction": "سلام", "response": "سلام پسرم"},\n{"instruction": "x", ', encoding="utf-8")

@@ -1,12 +1,15 @@
-"""The ``hamdam`` command: ``hamdam <command> [Hydra overrides...]``.
+"""The ``hamdam`` command: ``hamdam <command> [options] [Hydra overrides...]``.
 
-Each command is a Hydra application over ``conf/<command>.yaml``; Hydra parses the overrides,
-``-m`` sweeps, ``--cfg job`` and ``--help``. Errors caused by input (HamdamError) are printed as
-one paragraph without a traceback, with exit status 2.
+Each command has an ``argparse`` parser for its own options and help (answered without importing
+torch), and runs as a Hydra application over ``conf/<config>.yaml``: everything that is not one of
+the command's options is a Hydra override (``key=value``, ``group=option``, ``~group``), and
+Hydra's ``-m``/``--multirun``, ``--cfg`` and ``--resolve`` pass through. Errors caused by input
+(HamdamError) are printed as one paragraph without a traceback, with exit status 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import importlib
 import logging
@@ -16,6 +19,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,66 +29,84 @@ from omegaconf import DictConfig
 from hamdam.config_checks import check
 from hamdam.errors import HamdamError
 
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    # command: (function, config name in conf/, help)
-    "train": ("hamdam.training.run:train", "train", "train a model from the composed config"),
-    "chat": ("hamdam.chat.session:chat", "chat", "talk to the latest trained model"),
-    "evaluate": (
-        "hamdam.evaluation.evaluate:evaluate",
-        "evaluate",
-        "perplexity and generation metrics on the eval set",
-    ),
-    "data build": ("hamdam.corpus.build:build", "build", "build data/seed/ from the sources in corpus/"),
-    "data prepare": ("hamdam.data.prepare:prepare", "prepare", "merge, dedupe, filter, cap and split data/"),
-    "data stats": ("hamdam.corpus.build:stats", "stats", "corpus counts (--json for JSON)"),
-    "data import": (
-        "hamdam.data.imports:import_source",
-        "import",
-        "PATH --format conv|jsonl|whatsapp|telegram [--speaker NAME]: a new data/ source",
-    ),
-    "learn": ("hamdam.learning.engine:learn", "learn", "one learning round from the stored chats, now"),
-    "selfgen": (
-        "hamdam.selfgen.loop:selfgen",
-        "selfgen",
-        "one self-generated round; --forever: the loop (every selfgen.interval_s, up to selfgen.cap)",
-    ),
-    "models": ("hamdam.learning.catalog:models", "models", "the trained models and which one is served (--json)"),
-    "use": ("hamdam.learning.catalog:use", "models", "NAME: serve this model (pipeline, latest, a run, round-N)"),
-    "rounds": ("hamdam.learning.history:rounds", "rounds", "the learning rounds (--json for JSON)"),
-    "rollback": (
-        "hamdam.learning.history:rollback",
-        "rounds",
-        "N: restore data/ and the served model of round N (0: from before the first round)",
-    ),
-    "safety classify": (
-        "hamdam.safety.classify:classify",
-        "classify",
-        "crisis level (crisis/concern/none), one JSON line per stdin line",
-    ),
-    "safety train": ("hamdam.safety.train:train", "safety_train", "train the learned safety layers (corpus/safety)"),
-}
 
-# Flags some commands accept besides Hydra overrides, and the override each one stands for.
-FLAGS: dict[str, dict[str, str]] = {
-    "data stats": {"--json": "json=true"},
-    "rounds": {"--json": "json=true"},
-    "models": {"--json": "json=true"},
-    "chat": {"--learn": "learning.enabled=true"},
-    "selfgen": {"--forever": "selfgen.forever=true"},
-}
-# Options that take a value (``--format X`` or ``--format=X``), and the key it is given to.
-OPTIONS: dict[str, dict[str, str]] = {"data import": {"--format": "importer", "--speaker": "speaker"}}
-# Commands whose first argument is a value, and the override it stands for.
-# (override key, whether the value is text to pass as written rather than parsed by Hydra)
-POSITIONAL: dict[str, tuple[str, bool]] = {
-    "rollback": ("round", False),
-    "data import": ("path", True),
-    "use": ("name", True),
-}
-# Options a command cannot run without, and what to say when one is missing.
-REQUIRED: dict[str, dict[str, str]] = {
-    "data import": {"importer": "say which format the file is in: --format conv|jsonl|whatsapp|telegram"}
-}
+@dataclass(frozen=True)
+class Option:
+    """One of a command's own arguments, and the Hydra override it stands for."""
+
+    flags: tuple[str, ...]  # ("path",) for a positional, ("--format",) for an option
+    key: str  # the config key it sets
+    help: str
+    switch: bool = False  # a flag without a value: key=true
+    text: bool = False  # a value passed to Hydra as the literal string (paths, names, spaces, Persian)
+    required: bool = False
+    type: Callable[[str], Any] = str
+    metavar: str = "VALUE"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # "train", "data import"
+    target: str  # module:function
+    config: str  # conf/<config>.yaml
+    summary: str
+    example: str
+    options: tuple[Option, ...] = ()
+
+
+JSON = Option(("--json",), "json", "print JSON instead of a table", switch=True)
+COMMANDS: tuple[Command, ...] = (
+    Command("train", "hamdam.training.run:train", "train", "train a model from the composed config",
+            "hamdam train experiment=smoke\n  hamdam train trainer.max_epochs=3 data.path=my.json\n"
+            "  hamdam train -m model.lora.r=8,16 model=gpt2_fa_qlora   # a sweep"),
+    Command("chat", "hamdam.chat.session:chat", "chat", "talk to the served model (`hamdam models` shows which)",
+            "hamdam chat\n  echo 'سلام بابا' | hamdam chat     # one reply line per input line\n"
+            "  hamdam chat --learn               # learn a round every learning.every turns",
+            (Option(("--learn",), "learning.enabled", "learn from this chat (rounds in the background)",
+                    switch=True),)),
+    Command("evaluate", "hamdam.evaluation.evaluate:evaluate", "evaluate",
+            "perplexity and generation metrics on the evaluation set",
+            "hamdam evaluate                                # the pipeline's model -> pipeline/\n"
+            "  hamdam evaluate model_dir=runs/<run>/model     # -> runs/<run>/eval/"),
+    Command("data build", "hamdam.corpus.build:build", "build", "build data/seed/ from the sources in corpus/",
+            "hamdam data build"),
+    Command("data prepare", "hamdam.data.prepare:prepare", "prepare",
+            "merge, dedupe, filter, cap and split data/ into pipeline/prepared/", "hamdam data prepare"),
+    Command("data stats", "hamdam.corpus.build:stats", "stats", "corpus counts", "hamdam data stats --json",
+            (JSON,)),
+    Command("data import", "hamdam.data.imports:import_source", "import",
+            "add a file as a new source under data/imports/ and record a DVC version",
+            "hamdam data import result.json --format telegram --speaker Baba\n"
+            "  hamdam data import xiaohuangji50w.conv --format conv",
+            (Option(("path",), "path", "the file to import", text=True),
+             Option(("--format",), "importer", "the file's format", required=True,
+                    metavar="conv|jsonl|whatsapp|telegram"),
+             Option(("--speaker",), "speaker", "chat exports: whose words the model learns, as the export "
+                    "spells the name", text=True, metavar="NAME"))),
+    Command("learn", "hamdam.learning.engine:learn", "learn", "one learning round from the stored chats, now",
+            "hamdam learn"),
+    Command("selfgen", "hamdam.selfgen.loop:selfgen", "selfgen",
+            "one self-generated round; --forever: the loop", "hamdam selfgen\n  hamdam selfgen --forever",
+            (Option(("--forever",), "selfgen.forever", "a round every selfgen.interval_s, up to selfgen.cap",
+                    switch=True),)),
+    Command("models", "hamdam.learning.catalog:models", "models",
+            "the trained models here, and which one is served", "hamdam models --json", (JSON,)),
+    Command("use", "hamdam.learning.catalog:use", "models", "serve a model from the next chat turn on",
+            "hamdam use latest\n  hamdam use round-3",
+            (Option(("name",), "name", "pipeline, latest, a run's name, round-N or a model folder", text=True),)),
+    Command("rounds", "hamdam.learning.history:rounds", "rounds", "the learning rounds", "hamdam rounds --json",
+            (JSON,)),
+    Command("rollback", "hamdam.learning.history:rollback", "rounds",
+            "restore data/ and the served model of round N (0: from before the first round)",
+            "hamdam rollback 3\n  hamdam rollback 0",
+            (Option(("round",), "round", "the round number (`hamdam rounds` lists them)", type=int),)),
+    Command("safety classify", "hamdam.safety.classify:classify", "classify",
+            "crisis level (crisis/concern/none) of each stdin line, as JSON lines",
+            "echo 'دیگه نمی‌خوام زنده باشم' | hamdam safety classify"),
+    Command("safety train", "hamdam.safety.train:train", "safety_train",
+            "train the learned safety layers (corpus/safety)", "hamdam safety train"),
+)  # fmt: skip
+BY_NAME = {c.name: c for c in COMMANDS}
 
 
 def config_dir() -> Path:
@@ -93,31 +115,70 @@ def config_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in hamdam's one-paragraph form (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        self.exit(2, f"{self.prog}: error: {message}. Usage: {usage} (`{self.prog} --help` explains each option).\n")
+
+
+def parser_for(command: Command) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"hamdam {command.name}",
+        description=command.summary[0].upper() + command.summary[1:] + ".",
+        epilog=f"example:\n  {command.example}\n\nAny other KEY=VALUE is a Hydra override of "
+        f"conf/{command.config}.yaml and its groups; `hamdam {command.name} --cfg job` prints the composed config.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for option in command.options:
+        if option.switch:
+            parser.add_argument(*option.flags, action="store_true", help=option.help)
+        elif option.flags[0].startswith("-"):
+            parser.add_argument(*option.flags, required=option.required, help=option.help, metavar=option.metavar)
+        else:
+            parser.add_argument(*option.flags, type=option.type, help=option.help)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
+    hydra_flags = parser.add_argument_group("Hydra")
+    hydra_flags.add_argument("-m", "--multirun", action="store_true", help="a sweep: one job per value")
+    hydra_flags.add_argument("--cfg", choices=("job", "hydra", "all"), help="print the composed config and exit")
+    hydra_flags.add_argument("--resolve", action="store_true", help="with --cfg: resolve interpolations")
+    return parser
+
+
+def hydra_argv(command: Command, args: argparse.Namespace) -> list[str]:
+    """The Hydra command line the parsed arguments stand for."""
+    argv = []
+    for option in command.options:
+        value = getattr(args, option.flags[-1].lstrip("-").replace("-", "_"))
+        if option.switch:
+            argv += [f"{option.key}=true"] if value else []
+        elif value is not None:
+            argv.append(f"{option.key}={_quote(str(value)) if option.text else value}")
+    argv += [_drop_group(a) for a in args.overrides]
+    argv += ["--multirun"] if args.multirun else []
+    argv += ["--cfg", args.cfg] if args.cfg else []
+    argv += ["--resolve"] if args.resolve else []
+    return argv
+
+
 def _load(target: str) -> Callable[[DictConfig], Any]:
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
 
 
 def run(command: str, argv: list[str] | None = None) -> None:
-    """Run ``command`` as a Hydra application with ``argv`` as its command line."""
-    target, config_name, _ = COMMANDS[command]
+    """Run ``command`` with ``argv`` as its command line (its options and Hydra overrides)."""
+    spec = BY_NAME[command]
+    args = parser_for(spec).parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    overrides = hydra_argv(spec, args)
     # Imported before Hydra configures logging, so that the handlers libraries install at import
     # time (Lightning's) are replaced by conf/hydra/job_logging rather than doubling each line.
-    task = _load(target)
-    if argv is not None:
-        flags = FLAGS.get(command, {})
-        if command in POSITIONAL and argv and "=" not in argv[0] and not argv[0].startswith("-"):
-            key, text = POSITIONAL[command]
-            argv = [f"{key}={_quote(argv[0]) if text else argv[0]}", *argv[1:]]
-        argv = [_drop_group(flags.get(a, a)) for a in _options(command, argv)]
-        for key, problem in REQUIRED.get(command, {}).items():
-            if not any(a.startswith(f"{key}=") for a in argv):
-                sys.stderr.write(f"hamdam {command}: error: {problem}.\n")
-                sys.exit(2)
-        sys.argv = [f"hamdam {command}", *argv]
-    precheck(command, config_name, sys.argv[1:])
+    task = _load(spec.target)
+    sys.argv = [f"hamdam {command}", *overrides]
+    precheck(command, spec.config, overrides)
 
-    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=spec.config)
     def _app(cfg: DictConfig) -> Any:
         try:
             check(cfg)  # again: a sweep's jobs are only composed here
@@ -136,7 +197,7 @@ def run(command: str, argv: list[str] | None = None) -> None:
 def precheck(command: str, config_name: str, overrides: list[str]) -> None:
     """Compose the config and check its settings before Hydra creates a run folder or anything else.
 
-    Hydra's own flags (``--cfg``, ``--help``, ``-m``) are left to Hydra: a sweep is checked per job.
+    Hydra's own flags (``--cfg``, ``-m``) are left to Hydra: a sweep is checked per job.
     """
     if any(a.startswith("-") for a in overrides):
         return
@@ -199,27 +260,6 @@ def discard_run_dir() -> None:
         pass
 
 
-def _options(command: str, argv: list[str]) -> list[str]:
-    """``--format X`` / ``--format=X`` -> ``importer=X``; values are quoted for Hydra (spaces, Persian)."""
-    options = OPTIONS.get(command, {})
-    out: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        name, sep, value = arg.partition("=")
-        if name not in options:
-            out.append(arg)
-            continue
-        if not sep:
-            value = next(args, "")
-            if not value or value.startswith("--"):
-                sys.stderr.write(f"hamdam {command}: error: {name} needs a value: {name} VALUE or {name}=VALUE.\n")
-                sys.exit(2)
-        key = options[name]
-        # A group choice is a plain name; other values may hold anything a person types.
-        out.append(f"{key}={value if (config_dir() / key).is_dir() else _quote(value)}")
-    return out
-
-
 def _quote(value: str) -> str:
     """A Hydra override value that stays the literal string (spaces, quotes, '=' and all)."""
     # Hydra keeps backslashes as they are, except those before a quote (and the closing one).
@@ -259,10 +299,12 @@ def find_user_error(err: BaseException) -> HamdamError | None:
     return None
 
 
-def usage() -> str:
-    lines = ["usage: hamdam <command> [overrides...]", "", "commands:"]
-    lines += [f"  {name:<13} {help_}" for name, (_, _, help_) in COMMANDS.items()]
-    lines += ["", "Overrides are Hydra's: key=value, group=option, -m for sweeps; `hamdam <command> --help`."]
+def usage(group: str | None = None) -> str:
+    """The commands (of ``group``, e.g. ``data``), one line each."""
+    shown = [c for c in COMMANDS if group is None or c.name.startswith(group + " ")]
+    lines = [f"usage: hamdam {group + ' ' if group else ''}<command> [options] [KEY=VALUE ...]", "", "commands:"]
+    lines += [f"  {c.name:<16} {c.summary}" for c in shown]
+    lines += ["", "`hamdam <command> --help` shows a command's options and an example."]
     return "\n".join(lines)
 
 
@@ -295,8 +337,15 @@ def main() -> None:
         sys.exit(0 if args else 2)
     for words in (2, 1):
         command = " ".join(args[:words])
-        if command in COMMANDS:
+        if command in BY_NAME:
             run(command, args[words:])
             return
+    groups = {c.name.split()[0] for c in COMMANDS if " " in c.name}
+    if args[0] in groups:
+        wanted = len(args) < 2 or args[1] in ("-h", "--help")
+        (sys.stdout if wanted else sys.stderr).write(
+            ("" if wanted else f"hamdam: unknown command {' '.join(args[:2])!r}.\n\n") + usage(args[0]) + "\n"
+        )
+        sys.exit(0 if len(args) >= 2 and wanted else 2)
     sys.stderr.write(f"hamdam: unknown command {' '.join(args[:2])!r}.\n\n{usage()}\n")
     sys.exit(2)
