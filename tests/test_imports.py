@@ -244,7 +244,7 @@ def test_an_import_killed_mid_parse_leaves_nothing_in_the_next_version(tmp_path)
     staging = root / ".dvc" / "tmp" / "hamdam"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        staged = [p for p in staging.glob(f"{process.pid}-*") if p.stat().st_size > 0] if staging.is_dir() else []
+        staged = [p for p in staging.glob(f".*.{process.pid}.*") if p.stat().st_size > 0] if staging.is_dir() else []
         if staged:
             break
         time.sleep(0.05)
@@ -258,7 +258,7 @@ def test_an_import_killed_mid_parse_leaves_nothing_in_the_next_version(tmp_path)
     assert small.returncode == 0, small.stderr[-2000:]
     (source,) = (root / "data" / "imports").iterdir()
     assert dvc_version_files(root) == {"seed/a.jsonl", f"imports/{source.name}"}
-    assert not stale.exists() and not any(staging.glob(f"{process.pid}-*"))
+    assert not stale.exists() and not any(staging.glob(f".*.{process.pid}.*"))
     assert git_log(root) == [f"data: import {source.name}", "seed"]
     # Imported chats are private.
     assert source.stat().st_mode & 0o777 == 0o600 and source.parent.stat().st_mode & 0o777 == 0o700

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+import psutil
+
 
 def write_atomic_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Write to a temporary file beside ``path``, fsync, then rename over it."""
@@ -46,21 +48,10 @@ def remove_stale_temp(folder: Path) -> list[Path]:
     for path in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
         parts = path.name.split(".")
         pid = parts[-3] if len(parts) >= 4 else ""
-        if path.is_file() and pid.isdigit() and not pid_alive(int(pid)):
+        if path.is_file() and pid.isdigit() and not psutil.pid_exists(int(pid)):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (one we may not signal counts too)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def utf16_hint(head: bytes) -> str | None:

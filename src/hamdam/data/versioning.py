@@ -24,7 +24,7 @@ from typing import TextIO
 from filelock import FileLock
 
 from hamdam.errors import DataError
-from hamdam.io import pid_alive, remove_stale_temp
+from hamdam.io import TEMP_SUFFIX, atomic_writer, remove_stale_temp
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +35,19 @@ def staging_dir(root: Path) -> Path:
     """The private staging folder, without the leftovers of killed processes."""
     folder = Path(root) / STAGING
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for path in folder.iterdir():
-        pid = path.name.split("-", 1)[0]
-        if path.is_file() and pid.isdigit() and not pid_alive(int(pid)):
-            path.unlink(missing_ok=True)
-            log.info("removed %s, left half-written by a killed process", path.name)
+    for stale in remove_stale_temp(folder):
+        log.info("removed %s, left half-written by a killed process", stale.name)
     return folder
 
 
 @contextmanager
 def staged_file(root: Path, name: str, mode: int = 0o600) -> Iterator[tuple[TextIO, Path]]:
-    """A text handle on a new file in the staging folder, flushed to disk when the block ends; the
-    file is removed if the block fails. Hand the path to ``publish``."""
-    path = staging_dir(root) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            yield handle, path
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    """A text handle on a new file in the staging folder, complete on disk when the block ends and
+    absent if it fails. Hand the path to ``publish``. Its name carries the pid, as a temporary
+    file's does, so ``remove_stale_temp`` clears it if this process is killed before publishing."""
+    path = staging_dir(root) / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+    with atomic_writer(path, mode) as handle:
+        yield handle, path
 
 
 def publish(root: Path, moves: dict[Path, Path], message: str) -> tuple[str | None, str | None]:
@@ -91,8 +82,12 @@ def dvc_add_data(root: Path) -> str | None:
     with Repo(str(root)) as repo:
         repo.scm_context.quiet = True  # no "git add data.dvc" hint on stdout: the caller commits it
         repo.add(str(root / "data"))
-    meta = (root / "data.dvc").read_text(encoding="utf-8")
-    return next((line.split(":", 1)[1].strip() for line in meta.splitlines() if "md5:" in line), None)
+    return data_dvc_md5((root / "data.dvc").read_text(encoding="utf-8"))
+
+
+def data_dvc_md5(text: str) -> str | None:
+    """The md5 a ``data.dvc`` file's text names (the hash of that version of ``data/``)."""
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if "md5:" in line), None)
 
 
 def git_commit_data_dvc(root: Path, message: str) -> str | None:

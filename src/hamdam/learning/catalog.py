@@ -29,26 +29,25 @@ class ModelEntry:
     served: bool = False
 
 
-def _scores(store: Path) -> dict[str, float]:
-    """model_dir -> held-out perplexity the gate measured; read-only, never creates the store."""
+def _read(store: Path, sql: str) -> list[tuple]:
+    """Rows from the chat store, opened read-only: a missing store (or table) is no rows, never a new file."""
     if not store.is_file():
-        return {}
+        return []
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
         try:
-            return dict(db.execute("SELECT model_dir, MIN(perplexity) FROM scores GROUP BY model_dir").fetchall())
+            return db.execute(sql).fetchall()
         except sqlite3.OperationalError:
-            return {}
+            return []
+
+
+def _scores(store: Path) -> dict[str, float]:
+    """model_dir -> held-out perplexity the gate measured."""
+    return dict(_read(store, "SELECT model_dir, MIN(perplexity) FROM scores GROUP BY model_dir"))
 
 
 def _rounds(store: Path) -> dict[str, tuple[int, str, str]]:
     """model_dir -> (round, kind, status)."""
-    if not store.is_file():
-        return {}
-    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        try:
-            rows = db.execute("SELECT id, kind, status, model_dir FROM rounds WHERE model_dir IS NOT NULL").fetchall()
-        except sqlite3.OperationalError:
-            return {}
+    rows = _read(store, "SELECT id, kind, status, model_dir FROM rounds WHERE model_dir IS NOT NULL")
     return {model_dir: (number, kind, status) for number, kind, status, model_dir in rows}
 
 

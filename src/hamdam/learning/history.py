@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from hamdam.data.versioning import data_dvc_md5
 from hamdam.errors import HamdamError
 from hamdam.io import write_atomic_text
 from hamdam.learning.champion import serve, served, unserve
@@ -124,6 +125,6 @@ def rollback(cfg: DictConfig) -> None:
         current: Path | str = served(runs_dir)[0]
     except HamdamError:
         current = "nothing (`hamdam use NAME` picks a model)"
-    md5 = next((line.split(":", 1)[1].strip() for line in shown.stdout.splitlines() if "md5:" in line), "?")
+    md5 = data_dvc_md5(shown.stdout) or "?"
     when = "from before round 1" if number == 0 else f"round {number}'s version"
     sys.stdout.write(f"data/ is {when} ({md5}); serving {current}\n")
