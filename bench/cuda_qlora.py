@@ -108,7 +108,9 @@ def run_setting(name: str, steps: int, batch_size: int, work: Path) -> None:
     ]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    train(cfg)
+    start = time.perf_counter()
+    metrics = train(cfg)
+    total = time.perf_counter() - start
     rec = StepRecorder.last
     assert rec is not None
     warm = rec.seconds[5:] or rec.seconds
@@ -120,6 +122,10 @@ def run_setting(name: str, steps: int, batch_size: int, work: Path) -> None:
     print(f"  tokens/s: {sum(tokens) / sum(warm):,.0f}")
     first, last = statistics.mean(rec.losses[:5]), statistics.mean(rec.losses[-5:])
     print(f"  loss: mean of the first 5 steps {first:.3f}, of the last 5 steps {last:.3f}")
+    if "heldout/ppl" in metrics:  # measured on the GPU at the end of training (HeldoutPerplexity)
+        print(f"  held-out perplexity {metrics['heldout/ppl']:.1f} "
+              f"({metrics['heldout/ppl_low']:.1f}-{metrics['heldout/ppl_high']:.1f})")  # fmt: skip
+    print(f"  train() in all (build, fit, held-out, export): {total:.1f} s")
 
     exported = load_for_chat(Path(cfg.export_dir), quantization="auto")
     fmt, model = exported.chat_format, exported.model

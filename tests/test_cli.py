@@ -9,7 +9,7 @@ import torch
 
 from hamdam.chat import session
 
-from conftest import SAMPLE, run_hamdam
+from conftest import REPO, SAMPLE, run_hamdam
 
 FAST = ["trainer.max_epochs=1", "callbacks.rich_progress_bar=null", f"data.path={SAMPLE}"]
 
@@ -88,12 +88,15 @@ def test_smoke_then_chat_over_a_pipe(tmp_path):
                            f"export_dir={tmp_path / 'pipeline' / 'model'}"], tmp_path)  # fmt: skip
     assert pipeline.returncode == 0, pipeline.stderr[-3000:]
     # ... then a quick smoke run: it is listed, but the pipeline's model stays the served one.
-    trained = run_hamdam(["train", "experiment=smoke", *FAST], tmp_path)
+    trained = run_hamdam(["train", "experiment=smoke", *FAST, f"heldout.path={REPO / 'corpus' / 'eval_fa.jsonl'}"],
+                         tmp_path)  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert [status for _, status in finished_runs(tmp_path)] == ["FINISHED", "FINISHED"]
     listed = json.loads(run_hamdam(["models", "--json"], tmp_path).stdout)
     assert [(m["name"], m["served"]) for m in listed][0] == ("pipeline", True)
     assert [m["served"] for m in listed[1:]] == [False] and listed[-1]["model_name"] == "smoke_lora"
+    # The smoke run was measured on the held-out set (the stand-in, in a folder without one, was not).
+    assert listed[0]["heldout_ppl"] is None and listed[-1]["heldout_ppl"] > 1
     assert run_hamdam(["use", "latest"], tmp_path).returncode == 0
     listed = json.loads(run_hamdam(["models", "--json"], tmp_path).stdout)
     assert [m["served"] for m in listed] == [False, True]
@@ -136,6 +139,9 @@ def test_sweep_runs_one_mlflow_run_per_job(tmp_path):
     assert sorted(rows) == [("FINISHED", "2"), ("FINISHED", "4")]
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         names = sorted(name for (name,) in db.execute("select name from runs"))
+        experiments = {name for (name,) in db.execute(
+            "select e.name from runs r join experiments e on e.experiment_id = r.experiment_id")}  # fmt: skip
+    assert experiments == {"sweeps"}
     # Distinct, and each says which job it was: its number and the swept setting.
     assert len(set(names)) == 2 and "-0-" in names[0] and "model.lora.r=2" in names[0] and "model.lora.r=4" in names[1]
 
@@ -221,8 +227,6 @@ def test_pipeline_entry_point_composes_the_same_config(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
-
     result = subprocess.run(
         [sys.executable, str(REPO / "pipelines" / "train.py"), "--cfg", "job", "model=gpt2_fa_qlora", "model.lora.r=4"],
         cwd=tmp_path,
@@ -236,7 +240,6 @@ def test_pipeline_entry_point_composes_the_same_config(tmp_path):
 
 
 def test_data_build_then_stats_json(tmp_path):
-    from conftest import REPO
 
     corpus = f"corpus.corpus_dir={REPO}/corpus"
     built = run_hamdam(["data", "build", corpus], tmp_path)

@@ -104,7 +104,13 @@ def test_cycle_trains_from_the_champion_and_gates(tmp_path):
         client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
         run = client.get_run(result.mlflow_run_id)
         assert run.data.params["learning.round"] == "1" and run.data.params["init_from"].endswith("base/model")
-        assert run.data.metrics["heldout/ppl_after"] == result.ppl_after
+        assert run.data.metrics["gate/ppl_after"] == result.ppl_after
+        # The run is grouped with learning, records the model it fine-tuned (not the config's model
+        # group), and is measured on the whole held-out set like every other run.
+        assert client.get_experiment(run.info.experiment_id).name == "rounds"
+        assert run.data.params["model.name"] == "smoke_lora" and run.data.params["model.lora.r"] == "8"
+        assert run.data.tags["hamdam.model"] == "smoke_lora"
+        assert run.data.metrics["heldout/ppl"] > 0
         assert client.get_model_version_by_alias("hamdam-companion", "champion").run_id == result.mlflow_run_id
         assert (
             sh(["git", "log", "-1", "--format=%s"], tmp_path)

@@ -180,7 +180,7 @@ def test_two_selfgen_runs_make_two_generated_rounds_versioned_tracked_and_restor
         assert run.data.tags["mlflow.parentRunId"] in {r.info.run_id for r in loops}
         metrics = run.data.metrics
         assert metrics["filter/candidates"] == 40 and metrics["filter/kept"] == table[int(number) - 1]["records"]
-        assert {"heldout/ppl_before", "heldout/ppl_after", "diversity/candidate_distinct_2",
+        assert {"gate/ppl_before", "gate/ppl_after", "heldout/ppl", "diversity/candidate_distinct_2",
                 "diversity/human_distinct_2", "round/generated_share"} <= set(metrics)  # fmt: skip
         assert metrics["round/generated_share"] <= 0.5
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]

@@ -11,13 +11,17 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from hamdam.data.records import load_dialogues
 from hamdam.errors import HamdamError, ModelLoadError
+from hamdam.evaluation.perplexity import perplexity
 from hamdam.models.export import load_exported
 from hamdam.models.tiny import ensure_tiny_gpt2
 from hamdam.training.run import train
 from hamdam.training.tracking import file_sha256
 
-from conftest import SAMPLE, TINY_SCRATCH
+from conftest import REPO, SAMPLE, TINY_SCRATCH
+
+HELDOUT = REPO / "corpus" / "eval_fa.jsonl"
 
 QUICK = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "callbacks.rich_progress_bar=null"]
 
@@ -37,13 +41,13 @@ def smoke(tiny_gpt2_dir, *extra):
 
 def mlflow_run(root: Path):
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    (experiment,) = [e for e in client.search_experiments() if e.name == "hamdam"]
+    (experiment,) = [e for e in client.search_experiments() if e.name == "train"]
     runs = client.search_runs([experiment.experiment_id])
     return client, runs
 
 
 def test_scratch_run_exports_a_model_and_a_complete_mlflow_run(compose_cfg, tmp_path):
-    cfg = compose_cfg(f"data.path={SAMPLE}", *TINY_SCRATCH)
+    cfg = compose_cfg(f"data.path={SAMPLE}", *TINY_SCRATCH, f"heldout.path={HELDOUT}")
     metrics = train(cfg)
     assert metrics["val/ppl"] == pytest.approx(torch.exp(torch.tensor(metrics["val/loss"])).item(), rel=1e-4)
 
@@ -73,6 +77,11 @@ def test_scratch_run_exports_a_model_and_a_complete_mlflow_run(compose_cfg, tmp_
     assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/ppl", "train/lr", "train/tokens_per_sec"} <= set(
         run.data.metrics
     )
+    # val/* is the training corpus's split; heldout/* the held-out set, measured on the model as exported.
+    again = perplexity(exported.model, exported.chat_format, load_dialogues(HELDOUT), 16)
+    assert run.data.metrics["heldout/ppl"] == pytest.approx(again.perplexity, rel=1e-5) == metrics["heldout/ppl"]
+    assert run.data.metrics["heldout/ppl_low"] < again.perplexity < run.data.metrics["heldout/ppl_high"]
+    assert json.loads((tmp_path / "run" / "heldout.json").read_text())["dialogues"] == len(load_dialogues(HELDOUT))
     steps = client.get_metric_history(run.info.run_id, "train/loss_step")
     assert len(steps) >= 2  # per step, not only per epoch
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -135,6 +135,7 @@ RULES: dict[str, Rule] = {
     "learning.max_generated_share": PROBABILITY,
     "learning.heldout_size": integer(1, optional=True),
     "learning.heldout_batch_size": integer(1),
+    "heldout.batch_size": integer(1),
     "learning.tolerance": number(-1),  # below 0: a candidate must be better than the champion
     "learning.max_drift": number(0),
     "learning.min_distinct2": PROBABILITY,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -72,15 +73,13 @@ def start_parent_run(cfg: DictConfig) -> str | None:
         return None
     from mlflow.tracking import MlflowClient
 
-    from hamdam.training.tracking import close_dead_runs, owner_tags
+    from hamdam.training.tracking import ROUNDS_EXPERIMENT, close_dead_runs, experiment_id, owner_tags
 
     client = MlflowClient(tracking_uri=cfg.tracking_uri)
     close_dead_runs(client)
-    experiment = client.get_experiment_by_name("hamdam")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment("hamdam")
-    run = client.create_run(
-        experiment_id, run_name="chat-session", tags={"hamdam.kind": "chat-session", **owner_tags()}
-    )
+    experiment = experiment_id(client, ROUNDS_EXPERIMENT, cfg.get("artifact_location"))
+    name = f"chat-session-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = client.create_run(experiment, run_name=name, tags={"hamdam.kind": "chat-session", **owner_tags()})
     for key in ("every", "include_unrated", "epochs", "replay_ratio", "tolerance", "max_drift", "heldout_size"):
         client.log_param(run.info.run_id, f"learning.{key}", cfg.learning[key])
     return run.info.run_id

@@ -2,7 +2,8 @@
 
 Writes ``metrics.json`` (for ``dvc metrics``), ``samples.jsonl`` (prompts and replies, for a person
 to read), and the training run's loss curves as CSV (for ``dvc plots``), and logs the same numbers
-as ``eval/*`` metrics in the MLflow run that trained the model.
+as ``heldout/*`` metrics in the MLflow run that trained the model (the names training uses for the
+same set: ``heldout/loss``, ``heldout/ppl``, then the generation figures).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def loss_curves(tracking_uri: str, run_id: str | None) -> dict[str, str]:
     return curves
 
 
+# metrics.json keys (DVC's, kept stable) -> their names under heldout/ in MLflow.
+MLFLOW_NAMES = {"eval_loss": "loss", "eval_perplexity": "ppl", "eval_pairs": "dialogues"}
 TITLES = {"train_loss.csv": "training loss per step", "val_loss.csv": "validation loss per epoch"}
 
 
@@ -147,7 +150,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         client = MlflowClient(tracking_uri=cfg.tracking_uri)
         for key, value in metrics.items():
-            client.log_metric(run_id, f"eval/{key}", float(value))
+            client.log_metric(run_id, "heldout/" + MLFLOW_NAMES.get(key, key), float(value))
         client.log_artifact(run_id, str(out / "metrics.json"), artifact_path="eval")
         client.log_artifact(run_id, str(out / "samples.jsonl"), artifact_path="eval")
         for png in sorted((out / "plots").glob("*.png")):

@@ -40,9 +40,13 @@ def _read(store: Path, sql: str) -> list[tuple]:
             return []
 
 
-def _scores(store: Path) -> dict[str, float]:
-    """model_dir -> held-out perplexity the gate measured."""
-    return dict(_read(store, "SELECT model_dir, MIN(perplexity) FROM scores GROUP BY model_dir"))
+def _heldout_ppl(folder: Path) -> float | None:
+    """The perplexity on the whole held-out set its training measured (``heldout.json`` beside it);
+    the gate's subset figures are another set and are not mixed in."""
+    try:
+        return float(json.loads((folder.parent / "heldout.json").read_text(encoding="utf-8"))["ppl"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _rounds(store: Path) -> dict[str, tuple[int, str, str]]:
@@ -53,7 +57,7 @@ def _rounds(store: Path) -> dict[str, tuple[int, str, str]]:
 
 def catalog(runs_dir: Path, store: Path) -> list[ModelEntry]:
     runs_dir = Path(runs_dir)
-    scores, rounds = _scores(store), _rounds(store)
+    rounds = _rounds(store)
     entries: list[ModelEntry] = []
 
     def add(name: str, folder: Path, made_by: str) -> None:
@@ -64,7 +68,7 @@ def catalog(runs_dir: Path, store: Path) -> list[ModelEntry]:
         except (OSError, ValueError):
             meta = {}
         key = str(folder.resolve())
-        entries.append(ModelEntry(name, key, made_by, str(meta.get("model_name", "?")), scores.get(key)))
+        entries.append(ModelEntry(name, key, made_by, str(meta.get("model_name", "?")), _heldout_ppl(folder)))
 
     pipeline = pipeline_model(runs_dir)
     metrics = pipeline.parent / "metrics.json"

@@ -243,11 +243,12 @@ class RoundEngine:
         if last.data_md5:
             client.set_tag(run_id, "hamdam.round_data_md5", last.data_md5)
         metrics = {
-            "heldout/ppl_before": scores.champion.perplexity,
-            "heldout/ppl_after": scores.candidate.perplexity,
-            "heldout/ppl_after_low": scores.candidate.low,
-            "heldout/ppl_after_high": scores.candidate.high,
-            "heldout/ppl_reference": scores.reference.perplexity,
+            # The gate's subset (learning.heldout_size); heldout/* (the whole set) is the training's.
+            "gate/ppl_before": scores.champion.perplexity,
+            "gate/ppl_after": scores.candidate.perplexity,
+            "gate/ppl_after_low": scores.candidate.low,
+            "gate/ppl_after_high": scores.candidate.high,
+            "gate/ppl_reference": scores.reference.perplexity,
             "round/generated_share": data.generated_share,
             **{f"round/{k}_s": v for k, v in self.seconds.items()},
             **{f"filter/{k}": v for k, v in (report or {}).items()},

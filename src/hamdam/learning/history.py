@@ -36,8 +36,8 @@ def _mlflow_runs(tracking_uri: str) -> dict[str, dict]:
     return {
         r.data.tags["hamdam.round"]: {
             "mlflow_run": r.info.run_id,
-            "ppl_before": r.data.metrics.get("heldout/ppl_before"),
-            "ppl_after": r.data.metrics.get("heldout/ppl_after"),
+            "ppl_before": r.data.metrics.get("gate/ppl_before"),
+            "ppl_after": r.data.metrics.get("gate/ppl_after"),
         }
         for r in client.search_runs(experiments, query)
     }

@@ -143,6 +143,8 @@ class Retrainer:
             "trainer": {"max_epochs": self.epochs, "limit_val_batches": None if self.validate else 0},
             "logger": {"tags": tags},
         }
+        if self.heldout:  # the gate's file: the round's heldout/* figures compare with every other run's
+            own["heldout"] = {"path": self.heldout}
         return OmegaConf.merge(self.template, own)
 
     def _check_adapter(self, base: Path) -> None:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from hamdam.errors import HamdamError
 from hamdam.learning.engine import RoundEngine, RoundResult
 from hamdam.learning.retrain import template
-from hamdam.training.tracking import close_dead_runs, owner_tags
+from hamdam.training.tracking import ROUNDS_EXPERIMENT, close_dead_runs, experiment_id, owner_tags
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,11 @@ class LoopRun:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        experiment = self.client.get_experiment_by_name("hamdam")
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment("hamdam")
-        self._close_dead(experiment_id)
+        experiment = experiment_id(self.client, ROUNDS_EXPERIMENT, cfg.get("artifact_location"))
+        self._close_dead(experiment)
         close_dead_runs(self.client)
         name = f"selfgen-{time.strftime('%Y%m%d-%H%M%S')}"
-        run = self.client.create_run(experiment_id, run_name=name, tags={"hamdam.kind": LOOP_KIND, **owner_tags()})
+        run = self.client.create_run(experiment, run_name=name, tags={"hamdam.kind": LOOP_KIND, **owner_tags()})
         self.run_id = run.info.run_id
         settings = cfg.selfgen
         for key in ("forever", "interval_s", "samples", "cap", "max_generated_share", "max_rejections"):

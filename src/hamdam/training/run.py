@@ -10,16 +10,19 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from peft import PeftModel
 from transformers import AutoTokenizer
 
 from hamdam.data.chat_format import ChatFormat, RoleMarkers
 from hamdam.data.datamodule import DialogueDataModule
+from hamdam.data.records import Dialogue, load_dialogues
 from hamdam.errors import HamdamError
 from hamdam.models.backbones import apply_lora
-from hamdam.models.export import export_model, load_exported, write_latest
+from hamdam.models.export import Exported, export_model, load_exported, write_latest
 from hamdam.models.module import DialogueLM
 from hamdam.models.tokenizers import looks_local
 from hamdam.training import tracking
+from hamdam.training.callbacks import HeldoutPerplexity
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +92,58 @@ def backbone_record(cfg: DictConfig) -> dict[str, Any] | None:
     return record
 
 
+def continued_config(cfg: DictConfig, init: Exported) -> DictConfig:
+    """The run's config with ``model`` describing the exported model it continues (its name, shape,
+    adapter), not the config's model group, which a continued run does not build; the optimizer and
+    scheduler are the config's, as they are what this run used. MLflow and resolved_config.yaml
+    record this, so a round's run names the model it fine-tuned."""
+    config = init.model.config
+    shape = ("model_type", "n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+    lora = None
+    if isinstance(init.model, PeftModel):
+        adapter = init.model.peft_config["default"]
+        lora = {"r": adapter.r, "lora_alpha": adapter.lora_alpha, "lora_dropout": adapter.lora_dropout,
+                "target_modules": adapter.target_modules if isinstance(adapter.target_modules, str)
+                else sorted(adapter.target_modules or [])}  # fmt: skip
+    model = OmegaConf.create({
+        "name": init.meta.get("model_name", cfg.model.name),
+        "kind": init.meta["kind"],
+        "max_length": init.meta["max_length"],
+        "backbone": init.meta.get("backbone") or {k: getattr(config, k) for k in shape if hasattr(config, k)},
+        "lora": lora,
+        "markers": init.meta["markers"],
+    })  # fmt: skip
+    model.optimizer = cfg.model.optimizer  # nodes, interpolations kept
+    model.scheduler = cfg.model.get("scheduler")
+    continued = cfg.copy()
+    continued.model = model
+    return continued
+
+
+def load_heldout(cfg: DictConfig) -> list[Dialogue] | None:
+    """The held-out set every run is measured on, read (and checked) before training starts."""
+    path = (cfg.get("heldout") or {}).get("path")
+    if not path:
+        return None
+    if not Path(path).is_file():
+        log.warning("heldout.path %s does not exist: this run logs no heldout/* figures. Point heldout.path "
+                    "at a held-out file, or set heldout.path=null to turn this off.", path)  # fmt: skip
+        return None
+    return load_dialogues(path)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train once; returns the final metrics (for sweeps)."""
+    """Train once; returns the final metrics (for sweeps), ``heldout/ppl`` among them."""
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     datamodule: DialogueDataModule = instantiate(cfg.data)  # bad data fails here, before any output
+    heldout = load_heldout(cfg)  # and a bad held-out file
     checkpoint = find_checkpoint(cfg)  # and so does a checkpoint that cannot be resumed
     # Continue from an exported model (a learning round): its tokenizer, markers, weights, adapter.
     init = load_exported(cfg.init_from, trainable=True) if cfg.get("init_from") else None
+    if init is not None:
+        cfg = continued_config(cfg, init)
     markers: RoleMarkers = RoleMarkers(**init.meta["markers"]) if init else instantiate(cfg.model.markers)
     max_length = init.meta["max_length"] if init else cfg.model.max_length
     output_dir = Path(cfg.paths.output_dir)
@@ -116,7 +162,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     else:
         tokenizer = instantiate(cfg.model.tokenizer)(texts=datamodule.train_texts(), markers=markers)
     tokenizer.save_pretrained(output_dir / "tokenizer")
-    datamodule.attach(ChatFormat(tokenizer, markers, max_length))
+    chat_format = ChatFormat(tokenizer, markers, max_length)
+    datamodule.attach(chat_format)
 
     if init is not None:
         network = init.model
@@ -131,8 +178,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
     )
 
-    logger = instantiate(cfg.logger, run_name=tracking.run_name(cfg)) if cfg.get("logger") else None
+    logger = None
+    if cfg.get("logger"):
+        logger = instantiate(cfg.logger, run_name=tracking.run_name(cfg), experiment_name=tracking.experiment_name(cfg))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    measured = None
+    if heldout is not None:
+        measured = HeldoutPerplexity(heldout, chat_format, int(cfg.heldout.batch_size), output_dir / "heldout.json")
+        callbacks.append(measured)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger if logger else False, callbacks=callbacks)
     if logger is not None:
         tags = {"hamdam.resumed_from": str(checkpoint)} if checkpoint else {}
@@ -151,8 +204,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 backbone=init.meta["backbone"] if init else backbone_record(cfg),
                 # No run id or time in here: the same training gives the same bytes (DVC, diffs);
                 # the MLflow run points at the model instead (tag hamdam.model_dir).
-                extra={"model_name": init.meta.get("model_name", cfg.model.name) if init else cfg.model.name},
+                extra={"model_name": cfg.model.name},
             )
+            metrics.update(measured.metrics if measured is not None else {})
             if logger is not None:
                 tracking.log_run_outputs(logger, output_dir / "resolved_config.yaml", model_dir)
             if cfg.get("record_latest", True):

@@ -66,15 +66,41 @@ def git_state(root: Path) -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "hamdam.git_dirty": str(bool(dirty)).lower()}
 
 
+# Runs are grouped by purpose (``experiment_name``): single training runs, sweeps, the pipeline, and
+# learning (chat sessions, selfgen loops and the rounds nested under them).
+TRAIN_EXPERIMENT = "train"
+SWEEPS_EXPERIMENT = "sweeps"
+ROUNDS_EXPERIMENT = "rounds"
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def experiment_name(cfg: DictConfig) -> str:
+    """``logger.experiment_name``, else by purpose: the jobs of ``-m`` in "sweeps", others in "train"."""
+    return str(cfg.logger.get("experiment_name") or (SWEEPS_EXPERIMENT if _multirun() else TRAIN_EXPERIMENT))
+
+
+def experiment_id(client: Any, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (with the workspace's artifact store) if new."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
 def run_name(cfg: DictConfig) -> str:
     """The MLflow run's name: ``run_name``, and in a sweep the job's number and its overrides, so the
     jobs of ``-m model.lora.r=4,8`` are told apart (``smoke-20261126-0930-1-model.lora.r=8``)."""
     name = str(cfg.logger.get("run_name") or cfg.run_name)
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not _multirun():
         return name
+    from hydra.core.hydra_config import HydraConfig
+
     job = HydraConfig.get().job
     swept = ",".join(o for o in job.override_dirname.split(",") if o and "/" not in o)  # paths are noise
     return f"{name}-{job.num}" + (f"-{swept}" if swept else "")[:200]
