@@ -64,6 +64,13 @@ COMMANDS: tuple[Command, ...] = (
             "  hamdam chat --learn               # learn a round every learning.every turns",
             (Option(("--learn",), "learning.enabled", "learn from this chat (rounds in the background)",
                     switch=True),)),
+    Command("serve", "hamdam.serve.app:serve", "serve",
+            "serve the model over HTTP: an OpenAI-compatible API, a WebSocket chat and a web page",
+            "hamdam serve                      # http://127.0.0.1:8000/ (the page), /v1 (the API)\n"
+            "  hamdam serve --learn              # learn from served conversations, as chat --learn\n"
+            "  HAMDAM_API_KEY=secret hamdam serve serve.host=0.0.0.0 serve.port=8080",
+            (Option(("--learn",), "learning.enabled", "learn from served conversations (rounds in the background)",
+                    switch=True),)),
     Command("evaluate", "hamdam.evaluation.evaluate:evaluate", "evaluate",
             "perplexity and generation metrics on the evaluation set",
             "hamdam evaluate                                # the pipeline's model -> pipeline/\n"

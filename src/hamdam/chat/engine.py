@@ -89,27 +89,40 @@ class ChatEngine:
     def respond(self, conversation: Conversation, message: str) -> Reply:
         """Safety first (crisis, honesty), then the model, then the output guard."""
         message = normalize_text(message)
+        early, lang = self.screen(conversation, message)
+        if early is not None:
+            return early
+        return self.checked(self.generate(conversation, message), lang)
+
+    def screen(self, conversation: Conversation, message: str) -> tuple[Reply | None, str]:
+        """The reply safety gives before the model is asked (crisis, concern, identity), if any, and
+        the message's language. ``hamdam serve`` streams the model's reply between this and ``checked``."""
         if self.guard is None:
-            return Reply(self.generate(conversation, message), "model")
+            return None, Reply.lang
         verdict = self.guard.assess(message, conversation.risk)
         if verdict.crisis:
             log.warning(
                 "crisis message (%s, %s): answering with resources, outside the persona", verdict.lang, verdict.rule
             )
-            return Reply(self.guard.crisis_reply(verdict.lang), "crisis", verdict.lang)
+            return Reply(self.guard.crisis_reply(verdict.lang), "crisis", verdict.lang), verdict.lang
         if verdict.level == "concern":
             log.warning("concern message (%s, %s): asking directly", verdict.lang, verdict.rule)
-            return Reply(self.guard.ask_directly(verdict.lang), "concern", verdict.lang)
+            return Reply(self.guard.ask_directly(verdict.lang), "concern", verdict.lang), verdict.lang
         if verdict.rule == ANSWERED_NO:
-            return Reply(self.guard.thank_for_answer(verdict.lang), "concern", verdict.lang)
+            return Reply(self.guard.thank_for_answer(verdict.lang), "concern", verdict.lang), verdict.lang
         if self.guard.is_identity_question(message):
-            return Reply(self.guard.honest_identity(verdict.lang), "identity", verdict.lang)
-        text = self.generate(conversation, message)
+            return Reply(self.guard.honest_identity(verdict.lang), "identity", verdict.lang), verdict.lang
+        return None, verdict.lang
+
+    def checked(self, text: str, lang: str) -> Reply:
+        """The model's reply through the output guard: withheld and replaced if it is unsafe."""
+        if self.guard is None:
+            return Reply(text, "model")
         harm = self.guard.unsafe_reply(text)
         if harm:
             log.warning("generated reply withheld by the output guard (%s)", harm)
-            return Reply(self.guard.safe_replacement(verdict.lang), "replaced", verdict.lang)
-        return Reply(text, "model", verdict.lang)
+            return Reply(self.guard.safe_replacement(lang), "replaced", lang)
+        return Reply(text, "model", lang)
 
     def generate(self, conversation: Conversation, message: str) -> str:
         """The model's answer to ``message``; never empty, never carrying a next turn."""

@@ -85,18 +85,26 @@ def start_parent_run(cfg: DictConfig) -> str | None:
     return run.info.run_id
 
 
-def start_learning(cfg: DictConfig, model_dir: Path) -> FeedbackState:
-    """Open the chat store, and the worker that runs a round every ``learning.every`` turns."""
-    store = ChatStore(cfg.learning.store)
+def learning_worker(cfg: DictConfig, model_dir: Path, chosen_by: str) -> tuple[LearningWorker, str | None]:
+    """The background worker that runs a round every ``learning.every`` turns, and the MLflow run the
+    rounds nest under; shared by ``hamdam chat --learn`` and ``hamdam serve --learn``."""
     runs_dir = Path(cfg.paths.runs_dir)
     if cfg.get("model_dir"):
         # Rounds continue from the model this session was started with: it becomes the served one.
-        serve(runs_dir, model_dir, {"chosen": f"hamdam chat --learn model_dir={cfg.model_dir}"})
+        serve(runs_dir, model_dir, {"chosen": chosen_by})
         log.warning("learning from %s: it is now the served model (`hamdam models` shows it)", model_dir)
     parent = start_parent_run(cfg)
     config_file = write_config(cfg, runs_dir / "rounds" / "worker.yaml", parent)
     worker = LearningWorker(cfg.learning.every, config_file, runs_dir / "rounds" / "learn.log")
     worker.start()
+    return worker, parent
+
+
+def start_learning(cfg: DictConfig, model_dir: Path) -> FeedbackState:
+    """Open the chat store, and the worker that runs a round every ``learning.every`` turns."""
+    store = ChatStore(cfg.learning.store)
+    runs_dir = Path(cfg.paths.runs_dir)
+    worker, parent = learning_worker(cfg, model_dir, f"hamdam chat --learn model_dir={cfg.get('model_dir')}")
     state = FeedbackState(
         store,
         store.start_session(str(model_dir.resolve())),

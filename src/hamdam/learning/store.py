@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,
     started_at TEXT NOT NULL,
     model_dir TEXT,
-    forgotten INTEGER NOT NULL DEFAULT 0
+    forgotten INTEGER NOT NULL DEFAULT 0,
+    client_id TEXT,                  -- hamdam serve: the session id its clients send (X-Session-ID)
+    learn INTEGER NOT NULL DEFAULT 1 -- 0: a served session without --learn; never training data
 );
 CREATE TABLE IF NOT EXISTS turns (
     id INTEGER PRIMARY KEY,
@@ -98,7 +100,8 @@ CREATE TABLE IF NOT EXISTS scores (
 );
 """
 
-# Columns added to ``rounds`` after the first release: stores written then are upgraded in place.
+# Columns added after the first release: stores written then are upgraded in place.
+_SESSION_COLUMNS = {"client_id": "TEXT", "learn": "INTEGER NOT NULL DEFAULT 1"}
 _ROUND_COLUMNS = {
     "kind": "TEXT NOT NULL DEFAULT 'chat'",
     "base_dir": "TEXT",
@@ -197,10 +200,12 @@ class ChatStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(rounds)")}
-        for column, declaration in _ROUND_COLUMNS.items():
-            if column not in have:
-                self.db.execute(f"ALTER TABLE rounds ADD COLUMN {column} {declaration}")
+        for table, columns in (("sessions", _SESSION_COLUMNS), ("rounds", _ROUND_COLUMNS)):
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for column, declaration in columns.items():
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        self.db.execute("CREATE UNIQUE INDEX IF NOT EXISTS sessions_client ON sessions(client_id)")
 
     def close(self) -> None:
         self.db.close()
@@ -218,11 +223,24 @@ class ChatStore:
 
     # --- sessions and turns -------------------------------------------------------------------
 
-    def start_session(self, model_dir: str | None) -> int:
+    def start_session(self, model_dir: str | None, client_id: str | None = None, learn: bool = True) -> int:
         with self.transaction() as db:
             return db.execute(
-                "INSERT INTO sessions(started_at, model_dir) VALUES (?, ?)", (_now(), model_dir)
+                "INSERT INTO sessions(started_at, model_dir, client_id, learn) VALUES (?, ?, ?, ?)",
+                (_now(), model_dir, client_id, int(learn)),
             ).lastrowid
+
+    def session_of(self, client_id: str) -> int | None:
+        """The stored session a client's session id names, if any."""
+        row = self.db.execute("SELECT id FROM sessions WHERE client_id = ?", (client_id,)).fetchone()
+        return row[0] if row else None
+
+    def session_turns(self, session_id: int) -> list[StoredTurn]:
+        """A session's turns in order: what a served conversation continues from after a restart."""
+        rows = self.db.execute(
+            f"SELECT {_TURN_COLUMNS} FROM turns t WHERE t.session_id = ? ORDER BY t.id", (session_id,)
+        )
+        return [StoredTurn(*row) for row in rows.fetchall()]
 
     def add_turn(self, session_id: int, message: str, reply: str, kind: str, lang: str) -> int:
         with self.transaction() as db:
@@ -264,7 +282,7 @@ class ChatStore:
             f"""
             SELECT {_TURN_COLUMNS}
             FROM turns t JOIN sessions s ON s.id = t.session_id
-            WHERE t.round_id IS NULL AND s.forgotten = 0 AND t.kind = 'model'
+            WHERE t.round_id IS NULL AND s.forgotten = 0 AND s.learn = 1 AND t.kind = 'model'
               AND (t.rating IS NULL OR t.rating = 'good') AND t.id <= ?
             ORDER BY t.id
             """,
@@ -314,7 +332,7 @@ class ChatStore:
         rows = self.db.execute(
             """
             SELECT t.message FROM turns t JOIN sessions s ON s.id = t.session_id
-            WHERE s.forgotten = 0 AND t.kind = 'model' AND (t.rating IS NULL OR t.rating = 'good')
+            WHERE s.forgotten = 0 AND s.learn = 1 AND t.kind = 'model' AND (t.rating IS NULL OR t.rating = 'good')
             ORDER BY t.id
             """
         )

@@ -52,9 +52,13 @@ class SafetyGuard:
     def is_identity_question(self, message: str) -> bool:
         return self.detector.is_identity_question(message)
 
+    def resources_for(self, lang: str) -> list[str]:
+        """The crisis lines and services for ``lang`` (``conf/safety``)."""
+        return list(self.resources.get(lang) or self.resources[self.default_lang])
+
     def crisis_reply(self, lang: str) -> str:
         """Out of the persona: says it is an AI, urges reaching a person now, lists resources."""
-        resources = self.resources.get(lang) or self.resources[self.default_lang]
+        resources = self.resources_for(lang)
         return self._pick(self.crisis_message, lang).format(
             resources="؛ ".join(resources) if lang == "fa" else "; ".join(resources)
         )
@@ -67,8 +71,8 @@ class SafetyGuard:
         """After a clear "no" to the direct question: thanks, the door left open, the conversation goes on."""
         return self._pick(self.after_no, lang)
 
-    def opening_note(self) -> str:
-        return self._pick(self.disclosure, self.default_lang)
+    def opening_note(self, lang: str | None = None) -> str:
+        return self._pick(self.disclosure, lang or self.default_lang)
 
     def honest_identity(self, lang: str) -> str:
         return self._pick(self.identity_answer, lang)

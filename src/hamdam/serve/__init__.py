@@ -1,0 +1,1 @@
+"""``hamdam serve``: the companion over HTTP (an OpenAI-compatible API, a WebSocket chat, a web page)."""

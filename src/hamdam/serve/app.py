@@ -1,0 +1,483 @@
+"""``hamdam serve``: the ASGI app (FastAPI on uvicorn) and its guards: the API key, the per-client
+rate limit, the request size limit, CORS only when configured.
+
+Routes: ``GET /health`` (public), ``GET /v1/models``, ``POST /v1/chat/completions`` (plain and
+server-sent events), ``GET /v1/sessions/{id}``, ``POST /v1/sessions/{id}/{good|bad|fix|forget}``,
+``WS /ws/chat``, and the page at ``/`` with the public ``GET /info`` it reads (disclosure, crisis
+resources, whether a key is needed). Nothing here logs chat text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from omegaconf import DictConfig
+
+from hamdam.errors import HamdamError
+from hamdam.serve.openai_api import Completion, error_body, history_of, parse_request, sampling_of
+from hamdam.serve.service import ChatService, RequestError, Sampling, Session, TurnResult
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).with_name("static")
+FEEDBACK = ("good", "bad", "fix", "forget")
+
+
+class RateLimit:
+    """A token bucket per client address: ``per_minute`` requests on average, ``burst`` at once.
+    Hand-written: a rate-limiting library (slowapi, limits) would be a dependency for these lines."""
+
+    def __init__(self, per_minute: float, burst: int):
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self.lock = threading.Lock()
+
+    def wait(self, client: str) -> float:
+        """0 if ``client`` may go on now (a token is spent), else the seconds until it may."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self.lock:
+            tokens, then = self.buckets.get(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            if tokens >= 1:
+                self.buckets[client] = (tokens - 1, now)
+                return 0.0
+            self.buckets[client] = (tokens, now)
+            if len(self.buckets) > 10_000:  # forget clients that have refilled
+                self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < self.burst / self.rate}
+            return (1 - tokens) / self.rate
+
+
+class BodyLimit:
+    """Refuses a request body over ``limit`` bytes (413), declared or streamed, before it is read whole.
+    Starlette and uvicorn have no such limit for HTTP bodies (uvicorn has one for WebSocket messages)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _too_large(self.limit, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(self.limit, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(limit: int, send: Any) -> None:
+    body = json.dumps(
+        error_body(
+            413,
+            f"The request is larger than this server takes ({limit} bytes, "
+            "serve.max_request_bytes). Send a shorter message.",
+        )
+    ).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def api_key(cfg: DictConfig) -> str | None:
+    """The key clients must send; binding beyond loopback without one is refused."""
+    key = cfg.serve.get("api_key") or os.environ.get("HAMDAM_API_KEY") or None
+    host = str(cfg.serve.host)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not key:
+        raise HamdamError(
+            f"serve.host={host} would let anyone on the network talk to the companion and read its sessions. "
+            "Set an API key (HAMDAM_API_KEY=... or serve.api_key=...), which clients send as "
+            "'Authorization: Bearer KEY', or keep the default serve.host=127.0.0.1."
+        )
+    return key
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> FastAPI:
+    key = api_key(cfg)
+    limits = RateLimit(float(cfg.serve.rate_limit.per_minute), int(cfg.serve.rate_limit.burst))
+    max_tokens, max_chars = int(cfg.serve.max_tokens), int(cfg.serve.max_message_chars)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if load:  # the server answers /health (503) while the model loads
+            threading.Thread(target=_load, args=(service,), daemon=True, name="hamdam-load").start()
+        yield
+        await asyncio.to_thread(service.close)
+
+    app = FastAPI(title="hamdam", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if cfg.serve.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cfg.serve.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Session-ID"],
+            expose_headers=["X-Session-ID"],
+        )
+    app.add_middleware(BodyLimit, limit=int(cfg.serve.max_request_bytes))
+
+    def authorized(header: str | None) -> bool:
+        if key is None:
+            return True
+        scheme, _, token = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(_digest(token.strip()), _digest(key))
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        path = request.url.path
+        if path.startswith("/v1/"):
+            if not authorized(request.headers.get("authorization")):
+                return _error(
+                    RequestError(
+                        401,
+                        "Missing or wrong API key: send 'Authorization: Bearer KEY' with the server's HAMDAM_API_KEY.",
+                    )
+                )
+            if request.method == "POST":
+                wait = limits.wait(_client(request))
+                if wait:
+                    return _error(
+                        RequestError(
+                            429,
+                            f"Too many requests from this client; try again in {wait:.0f} s (serve.rate_limit).",
+                            retry_after=wait,
+                        )
+                    )
+        return await call_next(request)
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, err: RequestError) -> JSONResponse:
+        return _error(err)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if service.ready:
+            return JSONResponse({"status": "ok", "model": service.model_id})
+        if service.load_error:
+            return JSONResponse({"status": "failed", "error": service.load_error}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+
+    # The page shows these before the model is loaded (and with safety off, the disclosure still).
+    disclosure = dict(cfg.safety.get("disclosure") or {})
+    resources = {k: list(v) for k, v in (cfg.safety.get("resources") or {}).items()}
+    default_lang = str(cfg.safety.get("default_lang") or "fa")
+
+    @app.get("/info")
+    async def info(lang: str = "fa") -> dict[str, Any]:
+        return {
+            "ready": service.ready,
+            "model": service.model_id,
+            "auth_required": key is not None,
+            "disclosure": disclosure.get(lang) or disclosure.get(default_lang),
+            "resources": resources.get(lang) or resources.get(default_lang, []),
+        }
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        created = int(service.model_dir.stat().st_mtime) if service.model_dir else 0
+        return {
+            "object": "list",
+            "data": [{"id": service.model_id, "object": "model", "created": created, "owned_by": "hamdam"}],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise RequestError(400, "The request body is not JSON. Send a chat completion request as JSON.") from None
+        parsed = parse_request(body, max_tokens, max_chars)
+        session = service.session(request.headers.get("x-session-id") or parsed.session_id)
+        service.admit(session)
+        completion = Completion(service.model_id)
+        events, result = _run(service, session, parsed.messages[-1].text, sampling_of(parsed), history_of(parsed))
+        headers = {"X-Session-ID": session.client_id}
+        if not parsed.stream:
+            disclosure = None
+            async for event in events:
+                if event["type"] == "session":
+                    disclosure = event["disclosure"]
+            outcome = await _result(result)
+            if isinstance(outcome, RequestError):
+                return _error(outcome)
+            return JSONResponse(completion.response(outcome, disclosure), headers=headers)
+        usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        return StreamingResponse(
+            _sse(completion, events, result, usage),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache"},
+        )
+
+    @app.get("/v1/sessions/{session_id}")
+    async def history(session_id: str) -> dict[str, Any]:
+        service.session(session_id)  # checks the id's form
+        turns = await asyncio.to_thread(service.history, session_id)
+        return {"session_id": session_id, "turns": turns}
+
+    @app.post("/v1/sessions/{session_id}/{action}")
+    async def feedback(session_id: str, action: str, request: Request) -> dict[str, Any]:
+        if action not in FEEDBACK:
+            raise RequestError(404, f"No feedback '{action}': use one of {', '.join(FEEDBACK)}.")
+        text = ""
+        if action == "fix":
+            try:
+                text = str((await request.json()).get("reply", "")).strip()
+            except (ValueError, AttributeError):
+                text = ""
+            if not text:
+                raise RequestError(400, 'fix needs the better reply: send {"reply": "..."}.')
+        message = await asyncio.to_thread(service.feedback, session_id, action, text)
+        return {"session_id": session_id, "action": action, "message": message}
+
+    @app.websocket("/ws/chat")
+    async def ws_chat(socket: WebSocket) -> None:
+        await socket.accept()
+        ok = authorized(socket.headers.get("authorization"))
+        session_id = socket.query_params.get("session") or None
+        try:
+            while True:
+                try:
+                    payload = json.loads(await socket.receive_text())
+                    if not isinstance(payload, dict):
+                        raise ValueError
+                except ValueError:
+                    await socket.send_json(_ws_error(400, 'Send JSON objects: {"message": "..."}.'))
+                    continue
+                if not ok:
+                    if payload.get("type") == "auth" and authorized(f"Bearer {payload.get('key', '')}"):
+                        ok = True
+                        await socket.send_json({"type": "auth", "ok": True})
+                        continue
+                    await socket.send_json(
+                        _ws_error(401, 'Missing or wrong API key: send {"type": "auth", "key": KEY} first.')
+                    )
+                    await socket.close(code=4401)
+                    return
+                wait = limits.wait(_client(socket))
+                if wait:
+                    await socket.send_json(_ws_error(429, f"Too many messages; try again in {wait:.0f} s."))
+                    continue
+                session_id = payload.get("session_id") or session_id
+                try:
+                    session_id = await _ws_turn(socket, service, payload, session_id, max_chars, max_tokens)
+                except RequestError as err:
+                    await socket.send_json(_ws_error(err.status, str(err), err.retry_after))
+        except WebSocketDisconnect:
+            return
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/")
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _load(service: ChatService) -> None:
+    try:
+        service.load()
+    except Exception:  # noqa: BLE001 - reported by /health, and logged by load()
+        pass
+
+
+def _client(connection: Request | WebSocket) -> str:
+    return connection.client.host if connection.client else "?"
+
+
+def _error(err: RequestError) -> JSONResponse:
+    headers = {"Retry-After": f"{max(1, round(err.retry_after))}"} if err.retry_after else None
+    return JSONResponse(error_body(err.status, str(err)), status_code=err.status, headers=headers)
+
+
+def _ws_error(status: int, message: str, retry_after: float | None = None) -> dict[str, Any]:
+    return {"type": "error", "status": status, "message": message, "retry_after": retry_after}
+
+
+def _run(
+    service: ChatService,
+    session: Session,
+    message: str,
+    sampling: Sampling,
+    history: list[tuple[str, str]] | None = None,
+):
+    """Start an admitted turn; its events as an async iterator, and its result."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def emit(event: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    result = asyncio.wrap_future(service.submit(session, message, sampling, emit, history))
+    result.add_done_callback(lambda _: queue.put_nowait({"type": "end"}))
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        while True:
+            event = await queue.get()
+            if event["type"] == "end":
+                return
+            yield event
+
+    return events(), result
+
+
+async def _result(result: asyncio.Future) -> TurnResult | RequestError:
+    try:
+        return await result
+    except RequestError as err:
+        return err
+    except Exception as err:  # noqa: BLE001 - one failed reply must not take the server down
+        log.error("a reply failed (%s: %s)", type(err).__name__, err)
+        return RequestError(500, f"The reply could not be written ({type(err).__name__}); the server logged it.")
+
+
+async def _sse(
+    completion: Completion, events: AsyncIterator, result: asyncio.Future, usage: bool
+) -> AsyncIterator[str]:
+    def line(data: dict[str, Any]) -> str:
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    disclosure, shown = None, ""
+    async for event in events:
+        if event["type"] == "session":
+            disclosure = event["disclosure"]
+            yield line(
+                completion.chunk(
+                    {"role": "assistant", "content": ""},
+                    hamdam={"session_id": event["session_id"], "disclosure": disclosure},
+                )
+            )
+        elif event["type"] == "delta" and event["text"]:
+            shown += event["text"]
+            yield line(completion.chunk({"content": event["text"]}))
+        elif event["type"] == "replace":
+            # What was shown does not lead to the final reply (the guard withheld it): the reply
+            # follows on a line of its own, and hamdam.replace says to show only it.
+            text = ("\n\n" if shown else "") + event["text"]
+            yield line(completion.chunk({"content": text}, hamdam={"replace": event["text"]}))
+    outcome = await _result(result)
+    if isinstance(outcome, RequestError):
+        yield line(error_body(outcome.status, str(outcome)))
+    else:
+        yield line(completion.chunk({}, outcome.finish_reason, hamdam=Completion.extra(outcome, disclosure)))
+        if usage:
+            yield line(completion.usage_chunk(outcome))
+    yield "data: [DONE]\n\n"
+
+
+async def _ws_turn(
+    socket: WebSocket,
+    service: ChatService,
+    payload: dict[str, Any],
+    session_id: str | None,
+    max_chars: int,
+    max_tokens: int,
+) -> str | None:
+    """One WebSocket message: a feedback command or a message to answer; returns the session id."""
+    if payload.get("command"):
+        action = str(payload["command"]).lstrip("/")
+        if action not in FEEDBACK or not session_id:
+            raise RequestError(400, f"command must be one of {', '.join(FEEDBACK)}, in a session that has a reply.")
+        ack = await asyncio.to_thread(service.feedback, session_id, action, str(payload.get("text") or ""))
+        await socket.send_json({"type": "ack", "command": action, "message": ack})
+        return session_id
+    message = payload.get("message")
+    if not isinstance(message, str) or not message.strip():
+        raise RequestError(400, 'Nothing to answer: send {"message": "..."} with some text.')
+    if len(message) > max_chars:
+        raise RequestError(
+            400, f"The message is {len(message)} characters long; this server takes at most {max_chars}."
+        )
+    limit = payload.get("max_tokens")
+    if limit is not None and (not isinstance(limit, int) or not 1 <= limit <= max_tokens):
+        raise RequestError(400, f"max_tokens must be an integer from 1 to {max_tokens}.")
+    session = service.session(session_id)
+    service.admit(session)
+    events, result = _run(service, session, message, Sampling(max_tokens=limit))
+    async for event in events:
+        if event["type"] == "session":
+            await socket.send_json(event)
+        elif event["type"] == "delta" and event["text"]:
+            await socket.send_json({"type": "token", "text": event["text"]})
+        elif event["type"] == "replace":
+            await socket.send_json({"type": "replace", "text": event["text"]})
+    outcome = await _result(result)
+    if isinstance(outcome, RequestError):
+        raise outcome
+    await socket.send_json(
+        {
+            "type": "done",
+            "reply": outcome.reply,
+            "kind": outcome.kind,
+            "turn_id": outcome.turn_id,
+            "finish_reason": outcome.finish_reason,
+            "resources": outcome.resources,
+        }
+    )
+    return session.client_id
+
+
+def serve(cfg: DictConfig) -> None:
+    """``hamdam serve``: run until Ctrl-C or SIGTERM; replies in hand are finished and stored first."""
+    import torch
+    import uvicorn
+
+    from hamdam.serve.models import resolve_model
+
+    api_key(cfg)  # a key that is needed, and the model folder, are checked before anything is created
+    model_dir = resolve_model(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    service = ChatService(cfg, model_dir)
+    app = create_app(cfg, service)
+    log.info("hamdam serve on http://%s:%s (the page at /, the API at /v1)", cfg.serve.host, cfg.serve.port)
+    config = uvicorn.Config(
+        app,
+        host=str(cfg.serve.host),
+        port=int(cfg.serve.port),
+        log_config=None,
+        access_log=bool(cfg.serve.access_log),
+        ws_max_size=int(cfg.serve.max_request_bytes),
+        timeout_graceful_shutdown=30,
+    )
+    uvicorn.Server(config).run()
