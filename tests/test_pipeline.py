@@ -80,6 +80,8 @@ def test_repro_runs_end_to_end_then_does_nothing(clone):
     assert metrics["eval_pairs"] >= 300 and metrics["generated"] == 6
     assert metrics["eval_perplexity"] > 1
     assert 0 <= metrics["distinct_1"] <= 1 and 0 <= metrics["clean_end_share"] <= 1
+    # Persona consistency of the 6 replies whose listener the labels know.
+    assert 0 <= metrics["persona_consistency"] <= 1 and 0 < metrics["persona_scored"] <= 6
     assert (root / "pipeline" / "plots" / "train_loss.csv").read_text().startswith("step,loss\n")
     report = json.loads((root / "pipeline" / "prepared" / "report.json").read_text())
     assert report["kept"] >= 3000

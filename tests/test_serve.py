@@ -167,7 +167,10 @@ def test_requests_the_server_cannot_honour_get_a_clear_400(server):
     too_big = httpx.post(f"{server.url}/v1/chat/completions", content=b"x" * 70_000,
                          headers={"content-type": "application/json"})  # fmt: skip
     assert too_big.status_code == 413 and "serve.max_request_bytes" in too_big.json()["error"]["message"]
-    assert httpx.post(f"{server.url}/v1/chat/completions", content=b"{oops").status_code == 400
+    broken = httpx.post(
+        f"{server.url}/v1/chat/completions", content=b"{oops", headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 400 and "not JSON" in broken.json()["error"]["message"]
     bad_id = httpx.post(f"{server.url}/v1/chat/completions", headers={"X-Session-ID": "../etc"},
                         json={"messages": [{"role": "user", "content": "سلام"}]})  # fmt: skip
     assert bad_id.status_code == 400 and "session id" in bad_id.json()["error"]["message"]
@@ -190,6 +193,10 @@ def test_a_crisis_message_gets_the_resources_on_every_route_and_is_never_learned
         done = _until_done(ws)
     assert done["kind"] == "crisis" and done["resources"] == extra["resources"]
 
+    # A message that starts with "/" is a message, not a command: crisis detection sees it too.
+    slash = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "/ دیگه نمی‌خوام زنده باشم"}])
+    assert slash.model_extra["hamdam"]["kind"] == "crisis"
+
     log = server.log.read_text()
     assert "crisis message" in log and CRISIS not in log and "سلام" not in log  # no chat text in logs
     crisis_turns = [t for t in stored_turns(server.root) if t[1] == CRISIS]
@@ -197,6 +204,42 @@ def test_a_crisis_message_gets_the_resources_on_every_route_and_is_never_learned
     store = ChatStore(server.root / "chats.db")
     assert all(t.message != CRISIS for t in store.eligible())
     store.close()
+
+
+def test_the_risk_of_earlier_messages_is_kept_when_a_client_sends_the_history(server):
+    """After the direct question ("are you thinking of ending your life?"), anything but a clear "no"
+    is a crisis: also when a stateless client (new session) sends the earlier messages along."""
+    api = client(server)
+    concern = "همه چی بی‌معنیه بدون تو"
+    asked = api.chat.completions.create(model="m", messages=[{"role": "user", "content": concern}])
+    assert asked.model_extra["hamdam"]["kind"] == "concern"
+    history = [{"role": "user", "content": concern}, {"role": "assistant", "content": asked.choices[0].message.content}]
+    answer = api.chat.completions.create(model="m", messages=[*history, {"role": "user", "content": "آره"}])
+    assert answer.model_extra["hamdam"]["kind"] == "crisis" and answer.model_extra["hamdam"]["resources"]
+    plain = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "آره"}])
+    assert plain.model_extra["hamdam"]["kind"] == "model"
+
+
+def test_pages_elsewhere_cannot_use_the_server(server):
+    """No key on loopback, so a web page elsewhere must not be able to post, open the WebSocket, or
+    reach the server under another host name."""
+    body = json.dumps({"messages": [{"role": "user", "content": "سلام"}]})
+    plain = httpx.post(f"{server.url}/v1/chat/completions", content=body, headers={"content-type": "text/plain"})
+    assert plain.status_code == 415
+    rebound = httpx.get(f"{server.url}/v1/models", headers={"host": "evil.example"})
+    assert rebound.status_code == 400
+    with connect(f"ws://127.0.0.1:{server.port}/ws/chat", origin="http://evil.example") as ws:
+        refused = json.loads(ws.recv(timeout=30))
+    assert refused["status"] == 403
+    with connect(f"ws://127.0.0.1:{server.port}/ws/chat", origin=server.url) as ws:  # the page's own origin
+        ws.send(json.dumps({"message": "سلام"}))
+        assert _until_done(ws)["type"] == "done"
+    first = httpx.post(f"{server.url}/v1/chat/completions", json=json.loads(body)).json()["hamdam"]
+    other = httpx.post(f"{server.url}/v1/chat/completions", json=json.loads(body)).json()["hamdam"]
+    wrong = httpx.post(f"{server.url}/v1/sessions/{first['session_id']}/good", json={"turn_id": other["turn_id"]})
+    assert wrong.status_code == 404  # a turn of another session
+    right = httpx.post(f"{server.url}/v1/sessions/{first['session_id']}/good", json={"turn_id": first["turn_id"]})
+    assert right.status_code == 200
 
 
 def _until_done(ws) -> dict:

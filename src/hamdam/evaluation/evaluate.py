@@ -22,6 +22,7 @@ from transformers import GenerationConfig, set_seed
 from hamdam.data.records import load_dialogues
 from hamdam.evaluation.metrics import generation_metrics
 from hamdam.evaluation.perplexity import perplexity
+from hamdam.evaluation.persona import AddressLexicon, persona_consistency
 from hamdam.io import write_atomic_text
 from hamdam.models.export import load_exported
 from hamdam.models.generation import Generator
@@ -104,6 +105,16 @@ def write_png(csv_text: str, title: str, path: Path) -> None:
     temporary.replace(path)
 
 
+def persona_metrics(cfg: DictConfig, replies: list[str]) -> dict[str, float]:
+    """Persona consistency of the replies to the first prompts, against the labeled listener of each
+    (``persona_labels``: one line per eval record, in order; read by a person, not by the metric)."""
+    labels = [json.loads(line) for line in Path(cfg.persona_labels).read_text(encoding="utf-8").splitlines()]
+    listeners = [r["listener"] if r["listener"] != "unknown" else None for r in labels[: len(replies)]]
+    result = persona_consistency(AddressLexicon.from_personas(cfg.persona_lexicon), replies, listeners)
+    return {"persona_consistency": result.consistency, "persona_addressed": result.addressed,
+            "persona_scored": result.replies}  # fmt: skip
+
+
 def output_dir(cfg: DictConfig) -> Path:
     """``out_dir``, else where the model's own results belong: ``pipeline/`` (DVC-tracked) for the
     pipeline's model only, ``<run>/eval/`` beside any other model, so evaluating another model never
@@ -133,6 +144,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(generation_metrics(replies, clean, cfg.script))
     metrics["eval_pairs"] = len(dialogues)
     metrics["generated"] = len(replies)
+    if cfg.get("persona_labels") and Path(cfg.persona_labels).is_file():
+        metrics.update(persona_metrics(cfg, replies))
 
     out = output_dir(cfg)
     write_atomic_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")

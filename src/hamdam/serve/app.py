@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -67,7 +69,8 @@ class RateLimit:
 
 class BodyLimit:
     """Refuses a request body over ``limit`` bytes (413), declared or streamed, before it is read whole.
-    Starlette and uvicorn have no such limit for HTTP bodies (uvicorn has one for WebSocket messages)."""
+    One limit for the whole app, answered in the OpenAI error shape (Starlette's is set per route and
+    answers in its own)."""
 
     def __init__(self, app: Any, limit: int):
         self.app, self.limit = app, limit
@@ -110,15 +113,18 @@ async def _too_large(limit: int, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def api_key(cfg: DictConfig) -> str | None:
     """The key clients must send; binding beyond loopback without one is refused."""
     key = cfg.serve.get("api_key") or os.environ.get("HAMDAM_API_KEY") or None
     host = str(cfg.serve.host)
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not key:
+    if not _loopback(host) and not key:
         raise HamdamError(
             f"serve.host={host} would let anyone on the network talk to the companion and read its sessions. "
             "Set an API key (HAMDAM_API_KEY=... or serve.api_key=...), which clients send as "
@@ -155,6 +161,12 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
             expose_headers=["X-Session-ID"],
         )
     app.add_middleware(BodyLimit, limit=int(cfg.serve.max_request_bytes))
+    if _loopback(str(cfg.serve.host)):
+        # A page elsewhere cannot reach a loopback server under another name (DNS rebinding).
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])
+    origins = {o.rstrip("/") for o in cfg.serve.cors_origins}
 
     def authorized(header: str | None) -> bool:
         if key is None:
@@ -164,25 +176,22 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        path = request.url.path
-        if path.startswith("/v1/"):
-            if not authorized(request.headers.get("authorization")):
-                return _error(
-                    RequestError(
-                        401,
-                        "Missing or wrong API key: send 'Authorization: Bearer KEY' with the server's HAMDAM_API_KEY.",
-                    )
-                )
-            if request.method == "POST":
+        if request.url.path.startswith("/v1/") and request.method != "OPTIONS":  # CORS preflights carry no key
+            ok = authorized(request.headers.get("authorization"))
+            if not ok or request.method == "POST":  # wrong keys count against the limit too
                 wait = limits.wait(_client(request))
                 if wait:
-                    return _error(
-                        RequestError(
-                            429,
-                            f"Too many requests from this client; try again in {wait:.0f} s (serve.rate_limit).",
-                            retry_after=wait,
-                        )
+                    message = (
+                        f"Too many requests from this client; try again in {math.ceil(wait)} s (serve.rate_limit)."
                     )
+                    return _error(RequestError(429, message, retry_after=wait))
+            if not ok:
+                message = "Missing or wrong API key: send 'Authorization: Bearer KEY' with the server's HAMDAM_API_KEY."
+                return _error(RequestError(401, message))
+            kind = request.headers.get("content-type", "").split(";")[0].strip()
+            if request.method == "POST" and kind != "application/json" and await request.body():
+                # A page elsewhere may post text/plain without asking first; JSON it must ask for.
+                return _error(RequestError(415, "Send the request body as JSON (Content-Type: application/json)."))
         return await call_next(request)
 
     @app.exception_handler(RequestError)
@@ -193,8 +202,8 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
     async def health() -> JSONResponse:
         if service.ready:
             return JSONResponse({"status": "ok", "model": service.model_id})
-        if service.load_error:
-            return JSONResponse({"status": "failed", "error": service.load_error}, status_code=503)
+        if service.load_error:  # the details are in the server's log, not for anyone who asks
+            return JSONResponse({"status": "failed"}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
 
     # The page shows these before the model is loaded (and with safety off, the disclosure still).
@@ -227,8 +236,7 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
         except ValueError:
             raise RequestError(400, "The request body is not JSON. Send a chat completion request as JSON.") from None
         parsed = parse_request(body, max_tokens, max_chars)
-        session = service.session(request.headers.get("x-session-id") or parsed.session_id)
-        service.admit(session)
+        session = service.admit(request.headers.get("x-session-id") or parsed.session_id)
         completion = Completion(service.model_id)
         events, result = _run(service, session, parsed.messages[-1].text, sampling_of(parsed), history_of(parsed))
         headers = {"X-Session-ID": session.client_id}
@@ -250,7 +258,6 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
 
     @app.get("/v1/sessions/{session_id}")
     async def history(session_id: str) -> dict[str, Any]:
-        service.session(session_id)  # checks the id's form
         turns = await asyncio.to_thread(service.history, session_id)
         return {"session_id": session_id, "turns": turns}
 
@@ -258,20 +265,32 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
     async def feedback(session_id: str, action: str, request: Request) -> dict[str, Any]:
         if action not in FEEDBACK:
             raise RequestError(404, f"No feedback '{action}': use one of {', '.join(FEEDBACK)}.")
-        text = ""
-        if action == "fix":
-            try:
-                text = str((await request.json()).get("reply", "")).strip()
-            except (ValueError, AttributeError):
-                text = ""
-            if not text:
-                raise RequestError(400, 'fix needs the better reply: send {"reply": "..."}.')
-        message = await asyncio.to_thread(service.feedback, session_id, action, text)
+        try:
+            body = await request.json() if await request.body() else {}
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise RequestError(400, 'The body must be a JSON object, such as {"turn_id": 12} or {"reply": "..."}.')
+        text = str(body.get("reply") or "").strip()
+        if action == "fix" and not text:
+            raise RequestError(400, 'fix needs the better reply: send {"reply": "..."}.')
+        turn_id = _turn_id(body.get("turn_id"))
+        message = await asyncio.to_thread(service.feedback, session_id, action, text, turn_id)
         return {"session_id": session_id, "action": action, "message": message}
 
     @app.websocket("/ws/chat")
     async def ws_chat(socket: WebSocket) -> None:
         await socket.accept()
+        origin = socket.headers.get("origin")
+        if (
+            origin is not None
+            and origin.rstrip("/") not in origins
+            and urlsplit(origin).netloc != socket.headers.get("host")
+        ):
+            # Browsers let any page open a WebSocket anywhere: only this server's page, or a configured one.
+            await socket.send_json(_ws_error(403, f"Origin {origin} may not use this server (serve.cors_origins)."))
+            await socket.close(code=4403)
+            return
         ok = authorized(socket.headers.get("authorization"))
         session_id = socket.query_params.get("session") or None
         try:
@@ -284,7 +303,7 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
                     await socket.send_json(_ws_error(400, 'Send JSON objects: {"message": "..."}.'))
                     continue
                 if not ok:
-                    if payload.get("type") == "auth" and authorized(f"Bearer {payload.get('key', '')}"):
+                    if payload.get("type") == "auth" and authorized(f"Bearer {payload.get('key') or ''}"):
                         ok = True
                         await socket.send_json({"type": "auth", "ok": True})
                         continue
@@ -295,10 +314,10 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
                     return
                 wait = limits.wait(_client(socket))
                 if wait:
-                    await socket.send_json(_ws_error(429, f"Too many messages; try again in {wait:.0f} s."))
+                    await socket.send_json(_ws_error(429, f"Too many messages; try again in {math.ceil(wait)} s."))
                     continue
-                session_id = payload.get("session_id") or session_id
                 try:
+                    session_id = ChatService.check_id(payload.get("session_id")) or session_id
                     session_id = await _ws_turn(socket, service, payload, session_id, max_chars, max_tokens)
                 except RequestError as err:
                     await socket.send_json(_ws_error(err.status, str(err), err.retry_after))
@@ -390,15 +409,17 @@ async def _sse(
         elif event["type"] == "delta" and event["text"]:
             shown += event["text"]
             yield line(completion.chunk({"content": event["text"]}))
-        elif event["type"] == "replace":
-            # What was shown does not lead to the final reply (the guard withheld it): the reply
-            # follows on a line of its own, and hamdam.replace says to show only it.
-            text = ("\n\n" if shown else "") + event["text"]
-            yield line(completion.chunk({"content": text}, hamdam={"replace": event["text"]}))
-    outcome = await _result(result)
+    outcome = await _result(result)  # the turn is committed: now its end
     if isinstance(outcome, RequestError):
         yield line(error_body(outcome.status, str(outcome)))
     else:
+        if outcome.replace is not None:
+            # What was shown does not lead to the final reply (the guard withheld it): the reply follows
+            # on a line of its own, and hamdam.replace says to show only it.
+            text = ("\n\n" if shown else "") + outcome.replace
+            yield line(completion.chunk({"content": text}, hamdam={"replace": outcome.replace}))
+        elif outcome.tail:
+            yield line(completion.chunk({"content": outcome.tail}))
         yield line(completion.chunk({}, outcome.finish_reason, hamdam=Completion.extra(outcome, disclosure)))
         if usage:
             yield line(completion.usage_chunk(outcome))
@@ -418,32 +439,32 @@ async def _ws_turn(
         action = str(payload["command"]).lstrip("/")
         if action not in FEEDBACK or not session_id:
             raise RequestError(400, f"command must be one of {', '.join(FEEDBACK)}, in a session that has a reply.")
-        ack = await asyncio.to_thread(service.feedback, session_id, action, str(payload.get("text") or ""))
-        await socket.send_json({"type": "ack", "command": action, "message": ack})
+        text, turn_id = str(payload.get("text") or ""), _turn_id(payload.get("turn_id"))
+        ack = await asyncio.to_thread(service.feedback, session_id, action, text, turn_id)
+        await socket.send_json({"type": "ack", "command": action, "message": ack, "turn_id": turn_id})
         return session_id
     message = payload.get("message")
     if not isinstance(message, str) or not message.strip():
         raise RequestError(400, 'Nothing to answer: send {"message": "..."} with some text.')
     if len(message) > max_chars:
-        raise RequestError(
-            400, f"The message is {len(message)} characters long; this server takes at most {max_chars}."
-        )
+        raise RequestError(400, f"The message is {len(message)} characters long; the limit is {max_chars}.")
     limit = payload.get("max_tokens")
-    if limit is not None and (not isinstance(limit, int) or not 1 <= limit <= max_tokens):
+    if limit is not None and (type(limit) is not int or not 1 <= limit <= max_tokens):
         raise RequestError(400, f"max_tokens must be an integer from 1 to {max_tokens}.")
-    session = service.session(session_id)
-    service.admit(session)
+    session = service.admit(session_id)
     events, result = _run(service, session, message, Sampling(max_tokens=limit))
     async for event in events:
         if event["type"] == "session":
             await socket.send_json(event)
         elif event["type"] == "delta" and event["text"]:
             await socket.send_json({"type": "token", "text": event["text"]})
-        elif event["type"] == "replace":
-            await socket.send_json({"type": "replace", "text": event["text"]})
     outcome = await _result(result)
     if isinstance(outcome, RequestError):
         raise outcome
+    if outcome.replace is not None:
+        await socket.send_json({"type": "replace", "text": outcome.replace})
+    elif outcome.tail:
+        await socket.send_json({"type": "token", "text": outcome.tail})
     await socket.send_json(
         {
             "type": "done",
@@ -455,6 +476,14 @@ async def _ws_turn(
         }
     )
     return session.client_id
+
+
+def _turn_id(value: object) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise RequestError(400, "turn_id must be the integer a reply gave (hamdam.turn_id).")
+    return value
 
 
 def serve(cfg: DictConfig) -> None:

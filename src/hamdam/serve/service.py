@@ -86,6 +86,10 @@ class TurnResult:
     completion_tokens: int
     new_session: bool
     resources: list[str] | None = None
+    # What completes the streamed pieces into the reply, sent only after the turn is committed:
+    # ``tail`` continues them, ``replace`` stands instead of them (the guard withheld the reply).
+    tail: str = ""
+    replace: str | None = None
 
 
 class SharedLock:
@@ -167,6 +171,7 @@ class ChatService:
         self.sessions_lock = threading.Lock()
         self.worker = None
         self.parent_run: str | None = None
+        self.unloadable: Path | None = None  # a promoted model that failed to load: not tried again
 
     # --- the model ----------------------------------------------------------------------------
 
@@ -183,6 +188,9 @@ class ChatService:
             engine = build_engine(self.cfg, model_dir)
             if self.learn:
                 self.worker, self.parent_run = learning_worker(self.cfg, model_dir, "hamdam serve --learn")
+                with self.store_lock:
+                    if self.store.has_unfinished_rounds():  # cut short last time: finish it first
+                        self.worker.request(up_to=self.store.last_turn_id())
         except Exception as err:
             self.load_error = f"{type(err).__name__}: {err}"
             log.error("the model could not be loaded: %s", self.load_error)
@@ -198,8 +206,8 @@ class ChatService:
             return
         with self.store_lock:
             self.worker.poll()
-        champion = champion_dir(Path(self.cfg.paths.runs_dir))
-        if self.model_dir is None or champion.resolve() == self.model_dir.resolve():
+        champion = champion_dir(Path(self.cfg.paths.runs_dir)).resolve()
+        if self.model_dir is None or champion in (self.model_dir.resolve(), self.unloadable):
             return
         if not self.swap_lock.acquire(blocking=False):
             return  # another request is loading it
@@ -211,63 +219,90 @@ class ChatService:
                 self.engine.serve(exported.model, exported.chat_format)
                 self.model_dir = champion
             log.info("now serving the promoted model %s", champion)
+        except Exception as err:  # keep answering with the model in hand
+            self.unloadable = champion
+            log.error("the promoted model %s could not be loaded (%s: %s); still serving %s", champion,
+                      type(err).__name__, err, self.model_dir)  # fmt: skip
         finally:
             self.swap_lock.release()
 
     # --- sessions -----------------------------------------------------------------------------
 
-    def session(self, client_id: str | None) -> Session:
-        """The session a client names (kept in memory, else restored from the store), or a new one."""
-        if client_id is not None and not SESSION_ID.match(client_id):
+    @staticmethod
+    def check_id(client_id: object) -> str | None:
+        if client_id is None:
+            return None
+        if not isinstance(client_id, str) or not SESSION_ID.match(client_id):
             raise RequestError(
                 400,
                 "The session id must be 8 to 128 characters of letters, digits, '.', '_', ':' or '-'. "
                 "Send the X-Session-ID a reply gave you, or none to start a new session.",
             )
-        client_id = client_id or secrets.token_urlsafe(18)
+        return client_id
+
+    def admit(self, client_id: str | None) -> Session:
+        """The session a client names (kept in memory, else restored from the store later), or a new
+        one, reserved with a place in the pool; or a refusal at once (409, 429, 503)."""
+        client_id = self.check_id(client_id) or secrets.token_urlsafe(18)
+        if not self.ready:
+            raise RequestError(503, "The model is still loading; try again in a few seconds.", retry_after=2)
         with self.sessions_lock:
             session = self.sessions.get(client_id)
             if session is None:
-                session = Session(client_id)
-                self.sessions[client_id] = session
+                session = self.sessions[client_id] = Session(client_id)
             self.sessions.move_to_end(client_id)
-            while len(self.sessions) > self.keep_sessions:
-                oldest, kept = next(iter(self.sessions.items()))
-                if kept.busy.locked():
+            if not session.busy.acquire(blocking=False):
+                raise RequestError(409, "A reply in this session is still being written; wait for it, then send.")
+            if not self.slots.acquire(blocking=False):
+                session.busy.release()
+                raise RequestError(
+                    429, "The server is answering as many messages as it can; try again in a moment.", retry_after=1
+                )
+            for oldest in [k for k, v in self.sessions.items() if not v.busy.locked()]:
+                if len(self.sessions) <= self.keep_sessions:
                     break
                 del self.sessions[oldest]  # its turns are in the store; it is restored if it returns
         return session
 
-    def _attach(self, session: Session) -> bool:
-        """Give ``session`` its store row (restoring its conversation if it has one); True if new."""
-        if session.store_id is not None:
-            return False
+    def _stored_session(self, client_id: str) -> int:
+        """The store's row of a session (for history and feedback); 404 if there is none."""
+        client_id = self.check_id(client_id)
         with self.store_lock:
+            stored = self.store.session_of(client_id)
+        if stored is None:
+            raise RequestError(404, f"No session '{client_id}' here. Send a message first; its reply gives the "
+                                    "session id (X-Session-ID).")  # fmt: skip
+        return stored
+
+    def _replay(self, session: Session, pairs: list[tuple[str, str, str | None]]) -> None:
+        """Earlier exchanges into the session, with the risk they carry: each earlier message goes
+        through the same safety assessment again, so an unanswered direct question or a run of
+        concern messages is not forgotten after a restart or by a client that keeps the history."""
+        engine = self.engine
+        assert engine is not None
+        for message, reply, kind in pairs:
+            early, lang = engine.screen(session.conversation, message)
+            seen = kind or (early.kind if early is not None else "model")
+            session.conversation.add(message, Reply(reply, seen, lang))
+
+    def _attach(self, session: Session, history: list[tuple[str, str]]) -> bool:
+        """Give ``session`` its store row, restoring its conversation if it has one; True if new."""
+        with self.store_lock:
+            if session.store_id is not None:
+                return False
             stored = self.store.session_of(session.client_id)
             if stored is not None:
+                turns = self.store.session_turns(stored)
+                self._replay(session, [(t.message, t.reply, t.kind) for t in turns])
+                session.last_turn_id = turns[-1].id if turns else None
                 session.store_id = stored
-                for turn in self.store.session_turns(stored):
-                    session.conversation.add(turn.message, Reply(turn.reply, turn.kind, turn.lang))
-                    session.last_turn_id = turn.id
-                session.restored = True
                 return False
             model = str(self.model_dir.resolve()) if self.model_dir else None
             session.store_id = self.store.start_session(model, client_id=session.client_id, learn=self.learn)
+        self._replay(session, [(message, reply, None) for message, reply in history])
         return True
 
     # --- a turn -------------------------------------------------------------------------------
-
-    def admit(self, session: Session) -> None:
-        """Reserve the session and a place in the pool now, or refuse at once (409, 429, 503)."""
-        if not self.ready:
-            raise RequestError(503, "The model is still loading; try again in a few seconds.", retry_after=2)
-        if not session.busy.acquire(blocking=False):
-            raise RequestError(409, "A reply in this session is still being written; wait for it, then send.")
-        if not self.slots.acquire(blocking=False):
-            session.busy.release()
-            raise RequestError(
-                429, "The server is answering as many messages as it can; try again in a moment.", retry_after=1
-            )
 
     def submit(
         self,
@@ -281,31 +316,36 @@ class ChatService:
         ``replace``) from the pool's thread; the future's result is the ``TurnResult``. ``history``:
         earlier (message, reply) pairs a client sent along, the context of a session new here."""
 
+        def release() -> None:
+            self.slots.release()
+            session.busy.release()
+
         def job() -> TurnResult:
             try:
                 return self._turn(session, message, sampling, emit, history or [])
             finally:
-                self.slots.release()
-                session.busy.release()
+                release()
 
-        return self.pool.submit(job)
+        try:
+            return self.pool.submit(job)
+        except RuntimeError:  # the pool is shutting down
+            release()
+            raise RequestError(503, "The server is shutting down; try again in a moment.", retry_after=5) from None
 
     def _turn(
         self, session: Session, message: str, sampling: Sampling, emit: Callable[[Event], None], history: list
     ) -> TurnResult:
         self._swap_if_promoted()
-        new = self._attach(session)
-        if new:
-            for earlier, reply in history:
-                session.conversation.add(earlier, Reply(reply, "model"))
+        new = self._attach(session, history)
         engine = self.engine
         assert engine is not None
         disclosure = engine.guard.opening_note() if (new and engine.guard) else None
         emit({"type": "session", "session_id": session.client_id, "new": new, "disclosure": disclosure})
+        # Every message is a message here, never a command (feedback has its own routes): a line that
+        # starts with "/" still goes through crisis detection.
         message = normalize_text(message)
-        if message.startswith("/"):  # /good, /bad, /fix, /forget, /help: as in the terminal
-            return self._command(session, message, new)
         lock = self.model_lock.exclusive() if sampling.seed is not None else self.model_lock.shared()
+        tail, replace = "", None
         with lock:
             if sampling.seed is not None:
                 set_seed(int(sampling.seed))
@@ -313,41 +353,28 @@ class ChatService:
             prompt_tokens = completion = 0
             finish = "stop"
             if early is not None:
-                reply = early
-                emit({"type": "delta", "text": reply.text})
+                reply, tail = early, early.text
             else:
                 stream, prompt_tokens = self._generate(engine, session.conversation, message, sampling, emit)
                 completion = stream.completion_tokens
                 reply = engine.checked(stream.text or "…", lang)
-                if reply.kind == "replaced":
-                    finish = "content_filter"
-                    emit({"type": "replace", "text": reply.text})
+                rest = stream.rest(reply.text)
+                if reply.kind == "replaced" or rest is None:
+                    replace = reply.text
+                    finish = "content_filter" if reply.kind == "replaced" else "stop"
                 else:
-                    rest = stream.rest(reply.text)
-                    emit({"type": "replace", "text": reply.text} if rest is None else {"type": "delta", "text": rest})
+                    tail = rest
                     if not (stream.ended or stream.stopped):
                         finish = "length"
-        with self.store_lock:  # committed before the client hears the reply is complete
+        with self.store_lock:  # committed before the client is sent the end of the reply
             turn_id = self.store.add_turn(session.store_id, message, reply.text, reply.kind, reply.lang)
             if self.worker is not None:
                 self.worker.after_turn(turn_id)
         session.conversation.add(message, reply)
         session.last_turn_id = turn_id
-        resources = None
-        if reply.kind == "crisis" and engine.guard is not None:
-            resources = engine.guard.resources_for(reply.lang)
-        return TurnResult(
-            session.client_id,
-            reply.text,
-            reply.kind,
-            reply.lang,
-            turn_id,
-            finish,
-            prompt_tokens,
-            completion,
-            new,
-            resources,
-        )
+        resources = engine.guard.resources_for(reply.lang) if reply.kind == "crisis" and engine.guard else None
+        return TurnResult(session.client_id, reply.text, reply.kind, reply.lang, turn_id, finish, prompt_tokens,
+                          completion, new, resources, tail, replace)  # fmt: skip
 
     @torch.inference_mode()
     def _generate(
@@ -374,34 +401,23 @@ class ChatService:
                 break
         return stream, len(prompt)
 
-    def _command(self, session: Session, line: str, new: bool) -> TurnResult:
+    def feedback(self, client_id: str, action: str, text: str = "", turn_id: int | None = None) -> str:
+        """``/good``, ``/bad``, ``/fix TEXT``, ``/forget`` on a session's reply (its last, or ``turn_id``),
+        as in the terminal."""
+        stored = self._stored_session(client_id)
         with self.store_lock:
-            state = FeedbackState(self.store, session.store_id, session.last_turn_id)
-            ack = handle(line, state)
-        return TurnResult(session.client_id, ack or "", "command", "fa", None, "stop", 0, 0, new)
-
-    def feedback(self, client_id: str, action: str, text: str = "") -> str:
-        """``/good``, ``/bad``, ``/fix TEXT``, ``/forget`` on a session's last reply, as in the terminal."""
-        session = self.session(client_id)
-        if session.store_id is None:
-            with self.store_lock:
-                if self.store.session_of(client_id) is None:
-                    raise RequestError(
-                        404,
-                        f"No session '{client_id}' here. Send a message first; its reply "
-                        "gives the session id (X-Session-ID).",
-                    )
-            self._attach(session)
-        with self.store_lock:
-            state = FeedbackState(self.store, session.store_id, session.last_turn_id)
+            turns = [t.id for t in self.store.session_turns(stored)]
+            if turn_id is not None and turn_id not in turns:
+                raise RequestError(404, f"Turn {turn_id} is not a turn of session '{client_id}'.")
+            state = FeedbackState(
+                self.store, stored, turn_id if turn_id is not None else (turns[-1] if turns else None)
+            )
             return handle(f"/{action} {text}".strip(), state) or ""
 
     def history(self, client_id: str) -> list[dict[str, Any]]:
         """A session's stored turns (for the page after a reload); 404 if there is no such session."""
+        stored = self._stored_session(client_id)
         with self.store_lock:
-            stored = self.store.session_of(client_id)
-            if stored is None:
-                raise RequestError(404, f"No session '{client_id}' here.")
             turns = self.store.session_turns(stored)
         return [{"message": t.message, "reply": t.reply, "kind": t.kind, "turn_id": t.id} for t in turns]
 

@@ -85,7 +85,7 @@ function feedbackButtons(div) {
         text = prompt(t.fixPrompt, "") || "";
         if (!text.trim()) return;
       }
-      send({ command, text, session_id: sessionId });
+      send({ command, text, session_id: sessionId, turn_id: Number(div.dataset.turn) });
       row.querySelectorAll("button").forEach((b) => b.classList.remove("chosen"));
       button.classList.add("chosen");
     });
@@ -95,7 +95,15 @@ function feedbackButtons(div) {
 }
 
 function send(payload) {
-  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(payload));
+  if (socket && socket.readyState === WebSocket.OPEN) { socket.send(JSON.stringify(payload)); return true; }
+  status(t.lost);
+  return false;
+}
+
+function reset() {
+  if (writing) { writing.classList.remove("writing"); writing = null; }
+  pending = null;
+  $("send").disabled = false;
 }
 
 function onEvent(event) {
@@ -116,8 +124,9 @@ function onEvent(event) {
     writing.classList.remove("writing");
     if (data.kind) writing.classList.add(data.kind);
     if (data.kind === "crisis" && data.resources) showCrisis(data.resources);
-    if (data.kind === "model") feedbackButtons(writing);
     writing.dataset.kind = data.kind;
+    writing.dataset.turn = data.turn_id;
+    if (data.kind === "model") feedbackButtons(writing);
     writing = null;
     pending = null;
     status("");
@@ -133,9 +142,7 @@ function onEvent(event) {
     }
     if (data.status === 401) { authRequired = true; $("key-form").hidden = false; }
     status(t.error + data.message);
-    if (writing) { writing.classList.remove("writing"); writing = null; }
-    pending = null;
-    $("send").disabled = false;
+    reset();
   }
 }
 
@@ -148,7 +155,8 @@ function connect() {
     status("");
   });
   socket.addEventListener("message", onEvent);
-  socket.addEventListener("close", () => { status(t.lost); setTimeout(connect, 2000); });
+  // A reply cut off by a lost connection is not sent again (it may be stored): the user may resend it.
+  socket.addEventListener("close", () => { reset(); status(t.lost); setTimeout(connect, 2000); });
 }
 
 async function restore() {
@@ -159,8 +167,11 @@ async function restore() {
   const { turns } = await response.json();
   for (const turn of turns) {
     bubble("user", turn.message);
-    bubble("assistant", turn.reply, turn.kind);
+    const div = bubble("assistant", turn.reply, turn.kind);
+    div.dataset.turn = turn.turn_id;
+    if (turn.kind === "model") feedbackButtons(div);
   }
+  return turns;
 }
 
 async function start() {
@@ -170,7 +181,8 @@ async function start() {
   authRequired = info.auth_required;
   if (authRequired && !sessionStorage.getItem(store.key)) $("key-form").hidden = false;
   if (!info.ready) status(t.loading);
-  await restore();
+  const turns = (await restore()) || [];
+  if (turns.some((turn) => turn.kind === "crisis")) showCrisis(info.resources);
   connect();
 }
 
@@ -178,9 +190,10 @@ $("composer").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("message").value.trim();
   if (!text || writing || pending) return;
+  const payload = { message: text, session_id: sessionId };
+  if (!send(payload)) return;
   bubble("user", text);
-  pending = { message: text, session_id: sessionId };
-  send(pending);
+  pending = payload;
   $("message").value = "";
   $("send").disabled = true;
 });

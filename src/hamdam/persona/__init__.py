@@ -1,0 +1,1 @@
+"""Whose voice: persona cards (who the loved one was, how they spoke), consent and retirement."""

@@ -1,0 +1,128 @@
+"""A persona card: the loved one the companion speaks as, written by the family (``conf/persona/``).
+
+The card says who they were to the user (``relation``, ``listener``: the corpus's pairs), the words
+they called the user by and the user called them by, how they spoke, a few facts and sayings, and
+the consent behind it: who gave the words, when, and who may talk to the persona. A retired card
+is kept (with its farewell) but never served.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hamdam.errors import HamdamError
+
+# Who the loved one was -> who the user can be to them (the corpus's pairs, corpus/grief_fa/personas.yaml).
+RELATIONS: dict[str, tuple[str, ...]] = {
+    "father": ("son", "daughter"),
+    "mother": ("son", "daughter"),
+    "brother": ("brother", "sister"),
+    "sister": ("brother", "sister"),
+    "husband": ("wife",),
+    "wife": ("husband",),
+    "son": ("mother", "father"),
+    "daughter": ("mother", "father"),
+    "grandfather": ("grandson", "granddaughter"),
+    "grandmother": ("grandson", "granddaughter"),
+    "friend": ("friend",),
+}
+CONSENT_ROLES = ("donor", "family")
+
+
+class PersonaError(HamdamError):
+    """A persona card that cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class Consent:
+    """Who gave the words: the ``donor`` (the person themself, while alive) or a ``family`` member
+    who imported them; when; and who may talk to the persona."""
+
+    given_by: str
+    role: str
+    date: str
+    may_talk: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Retirement:
+    date: str
+    farewell: str
+
+
+@dataclass(frozen=True)
+class PersonaCard:
+    name: str  # the card's file name: what `persona=NAME` takes
+    display_name: str
+    relation: str
+    listener: str
+    addresses_user: tuple[str, ...]  # how they called the user: پسرم، بابا جان
+    user_calls_them: tuple[str, ...]  # how the user calls them: بابا، بابا جون
+    language: str = "fa"
+    gender: str | None = None  # male | female, for Persian agreement where it matters
+    register: str = ""  # how they spoke: dialect, formality
+    facts: tuple[str, ...] = ()
+    sayings: tuple[str, ...] = ()
+    consent: Consent | None = None
+    retired: Retirement | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.retired is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def card(name: str, **spec: Any) -> PersonaCard:
+    """A card from its config (``conf/persona/NAME.yaml``), checked: every problem in one paragraph."""
+    where = f"persona card '{name}' (conf/persona/{name}.yaml)"
+    problems = []
+    relation, listener = spec.get("relation"), spec.get("listener")
+    if relation not in RELATIONS:
+        problems.append(f"relation is {relation!r}, not one of {', '.join(RELATIONS)}")
+    elif listener not in RELATIONS[relation]:
+        problems.append(f"listener is {listener!r}; a {relation}'s listener is one of {', '.join(RELATIONS[relation])}")
+    for key in ("display_name",):
+        if not isinstance(spec.get(key), str) or not spec.get(key, "").strip():
+            problems.append(f"{key} is missing")
+    for key in ("addresses_user", "user_calls_them"):
+        value = spec.get(key)
+        if not value or not all(isinstance(v, str) and v.strip() for v in value):
+            problems.append(f"{key} needs at least one form of address")
+    if spec.get("gender") not in (None, "male", "female"):
+        problems.append(f"gender is {spec.get('gender')!r}, not male, female or null")
+    consent = spec.get("consent")
+    if consent is not None:
+        if consent.get("role") not in CONSENT_ROLES:
+            problems.append(f"consent.role is {consent.get('role')!r}, not donor or family")
+        if not consent.get("given_by"):
+            problems.append("consent.given_by is missing (who gave the words)")
+        try:
+            dt.date.fromisoformat(str(consent.get("date")))
+        except ValueError:
+            problems.append(f"consent.date is {consent.get('date')!r}, not a date like 2026-11-26")
+    if problems:
+        raise PersonaError(f"The {where} cannot be used: " + "; ".join(problems) + ". Fix the card and run again.")
+    retired = spec.get("retired")
+    return PersonaCard(
+        name=name,
+        display_name=spec["display_name"].strip(),
+        relation=relation,
+        listener=listener,
+        addresses_user=tuple(spec["addresses_user"]),
+        user_calls_them=tuple(spec["user_calls_them"]),
+        language=spec.get("language") or "fa",
+        gender=spec.get("gender"),
+        register=spec.get("register") or "",
+        facts=tuple(spec.get("facts") or ()),
+        sayings=tuple(spec.get("sayings") or ()),
+        consent=Consent(
+            consent["given_by"], consent["role"], str(consent["date"]), tuple(consent.get("may_talk") or ())
+        )
+        if consent
+        else None,  # fmt: skip
+        retired=Retirement(str(retired["date"]), retired["farewell"]) if retired else None,
+    )

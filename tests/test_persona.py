@@ -1,0 +1,102 @@
+"""Persona cards, the relation read from a user's words, and the persona-consistency metric."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from hamdam.data.records import load_dialogues
+from hamdam.evaluation.persona import AddressLexicon, persona_consistency
+from hamdam.persona.card import RELATIONS, PersonaError, card
+from hamdam.persona.commands import load_cards
+from hamdam.persona.relation import RELATIONS_FILE, detect_relation
+
+from conftest import REPO, run_hamdam
+
+PERSONAS = REPO / "corpus" / "grief_fa" / "personas.yaml"
+LABELS = REPO / "corpus" / "eval_fa_personas.jsonl"
+ENDEARMENTS = {"عزیزم", "عشقم", "عزیز دلم"}  # anyone's: they tell no relation
+
+
+def test_the_shipped_cards_load_and_a_broken_card_names_every_problem():
+    cards = {c.name: c for c in load_cards(REPO / "conf" / "persona")}
+    assert cards["baba"].relation == "father" and cards["baba"].listener == "son" and cards["baba"].active
+    assert "پسرم" in cards["baba"].addresses_user and cards["maman"].consent.role == "donor"
+    with pytest.raises(PersonaError) as caught:
+        card("amu", display_name="عمو", relation="father", listener="brother", addresses_user=[],
+             user_calls_them=["عمو"], consent={"given_by": "", "role": "friend", "date": "yesterday"})  # fmt: skip
+    message = str(caught.value)
+    for problem in ("conf/persona/amu.yaml", "listener is 'brother'", "addresses_user", "consent.role",
+                    "consent.given_by", "consent.date"):  # fmt: skip
+        assert problem in message
+    assert len(message.splitlines()) == 1
+
+
+def test_persona_commands_list_and_show(tmp_path):
+    listed = run_hamdam(["persona", "list", "--json"], REPO)
+    assert listed.returncode == 0, listed.stderr
+    assert {c["name"]: c["relation"] for c in json.loads(listed.stdout)} == {"baba": "father", "maman": "mother"}
+    shown = run_hamdam(["persona", "show", "maman"], REPO)
+    assert shown.returncode == 0 and "consent: given by" in shown.stdout and "the donor, while alive" in shown.stdout
+    missing = run_hamdam(["persona", "show", "amu"], REPO)
+    assert missing.returncode == 2 and "No persona card 'amu'" in missing.stderr and "baba, maman" in missing.stderr
+    (tmp_path / "conf" / "persona").mkdir(parents=True)
+    (tmp_path / "conf" / "persona" / "bad.yaml").write_text("display_name: [unclosed\n")
+    broken = run_hamdam(["persona", "list"], tmp_path)
+    assert broken.returncode == 2 and "bad.yaml cannot be read" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_the_relations_are_the_corpus_pairs_and_cover_its_forms_of_address():
+    corpus = yaml.safe_load(PERSONAS.read_text(encoding="utf-8"))
+    assert {k: tuple(v["listeners"]) for k, v in corpus.items()} == RELATIONS
+    forms = yaml.safe_load(RELATIONS_FILE.read_text(encoding="utf-8"))
+    for relation, spec in corpus.items():
+        if relation not in ("husband", "wife"):  # both spouses' forms: they name neither alone
+            assert set(spec["addr"]) - ENDEARMENTS <= set(forms[relation]["fa"]), relation
+
+
+@pytest.mark.parametrize(
+    ("messages", "relation"),
+    [
+        (["سلام بابا جون، دلم برات تنگ شده"], "father"),
+        (["مامان‌بزرگ، امروز یادت افتادم"], "grandmother"),  # not مامان: the ZWNJ joins one word
+        (["Dad, I passed the exam"], "father"),
+        (["我想妈妈了"], "mother"),  # Chinese: no spaces between words
+        (["سلام", "داداش، موتورت هنوز تو پارکینگه"], "brother"),
+        (["سلام بابا", "مامان"], None),  # two relations, equally: none
+        (["سلام، خوبی؟"], None),
+    ],
+)
+def test_the_relation_is_read_from_how_the_user_addresses_the_loved_one(messages, relation):
+    assert detect_relation(messages) == relation
+
+
+def test_persona_consistency_counts_vocatives_that_address_someone_else():
+    lexicon = AddressLexicon.from_personas(PERSONAS)
+    assert lexicon.forms("دخترم، غصه نخور. به مامان بگو منتظرشم.") == ["دخترم"]  # a mention is not an address
+    assert lexicon.forms("عزیزم، غصه نخور.") == []  # an endearment says nothing of who the user is
+    assert lexicon.misfit("دخترم، غصه نخور.", "son") == "دخترم"
+    assert lexicon.misfit("پسرم، غصه نخور.", "son") is None
+    result = persona_consistency(
+        lexicon, ["پسرم، سلام.", "دخترم، سلام.", "سلام.", "داداش، سلام."], ["son", "son", "son", None]
+    )
+    assert (result.consistency, result.addressed, result.replies) == (pytest.approx(2 / 3), pytest.approx(2 / 3), 3)
+    assert result.misfits == ((1, "دخترم"),)
+
+
+def test_the_eval_labels_follow_the_eval_set_and_the_metric_agrees_with_its_references():
+    """The labels were read by a person (not by this metric's rules); on the reference replies, which
+    address each user as who they are, the metric finds few misfits: a bound on its own error."""
+    labels = [json.loads(line) for line in LABELS.read_text(encoding="utf-8").splitlines()]
+    evaluation = load_dialogues(REPO / "corpus" / "eval_fa.jsonl")
+    assert [r["line"] for r in labels] == list(range(1, len(evaluation) + 1))
+    for r in labels:
+        if "unknown" not in (r["persona"], r["listener"]):
+            assert r["listener"] in RELATIONS[r["persona"]], r
+    listeners = [r["listener"] if r["listener"] != "unknown" else None for r in labels]
+    result = persona_consistency(
+        AddressLexicon.from_personas(PERSONAS), [d.turns[1].text for d in evaluation], listeners
+    )
+    assert result.replies >= 200 and result.consistency >= 0.95
