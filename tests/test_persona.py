@@ -100,3 +100,18 @@ def test_the_eval_labels_follow_the_eval_set_and_the_metric_agrees_with_its_refe
         AddressLexicon.from_personas(PERSONAS), [d.turns[1].text for d in evaluation], listeners
     )
     assert result.replies >= 200 and result.consistency >= 0.95
+
+
+def test_persona_new_writes_a_checked_card_and_never_overwrites(tmp_path):
+    args = ["--relation", "father", "--listener", "son", "--display-name", "بابا", "--calls-user", "پسرم,پسر گلم",
+            "--called", "بابا، بابا جون", "--given-by", "سارا (دختر)", "--consent", "family"]  # fmt: skip
+    written = run_hamdam(["persona", "new", "baba", *args], tmp_path)
+    assert written.returncode == 0, written.stderr
+    (made,) = load_cards(tmp_path / "conf" / "persona")
+    assert made.addresses_user == ("پسرم", "پسر گلم") and made.user_calls_them == ("بابا", "بابا جون")
+    assert made.consent.given_by == "سارا (دختر)" and made.consent.role == "family" and made.active
+    again = run_hamdam(["persona", "new", "baba", *args], tmp_path)
+    assert again.returncode == 2 and "exists already" in again.stderr
+    wrong = run_hamdam(["persona", "new", "amu", *[a if a != "son" else "brother" for a in args]], tmp_path)
+    assert wrong.returncode == 2 and "listener is 'brother'" in wrong.stderr
+    assert sorted(p.name for p in (tmp_path / "conf" / "persona").iterdir()) == ["baba.yaml"]

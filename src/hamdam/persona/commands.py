@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 import sys
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig
 
+from hamdam.io import write_atomic_text
 from hamdam.persona.card import PersonaCard, PersonaError, card
 
 
@@ -76,3 +79,50 @@ def show_persona(cfg: DictConfig) -> PersonaCard:
         lines.append(f"  farewell: {shown.retired.farewell}")
     sys.stdout.write("\n".join(lines) + "\n")
     return shown
+
+
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def new_persona(cfg: DictConfig) -> Path:
+    """A new card, checked like any other before it is written; never over an existing one."""
+    name = str(cfg.name or "")
+    if not NAME.match(name):
+        raise PersonaError(f"The persona name {name!r} must be 1 to 64 letters, digits, '-' or '_' (it names the "
+                           "file conf/persona/NAME.yaml and `persona=NAME`).")  # fmt: skip
+    path = Path(cfg.persona_dir) / f"{name}.yaml"
+    if path.exists():
+        raise PersonaError(f"{path} exists already. Edit it, or choose another name.")
+
+    def forms(value: object) -> list[str]:
+        return [f.strip() for f in str(value or "").replace("،", ",").split(",") if f.strip()]
+
+    spec = {
+        "display_name": str(cfg.display_name or ""),
+        "relation": cfg.relation,
+        "listener": cfg.listener,
+        "addresses_user": forms(cfg.calls_user),
+        "user_calls_them": forms(cfg.called),
+        "language": "fa",
+        "gender": None,
+        "register": "",
+        "facts": [],
+        "sayings": [],
+        "consent": {
+            "given_by": str(cfg.given_by or ""),
+            "role": cfg.consent_role,
+            "date": dt.date.today().isoformat(),
+            "may_talk": [],
+        },  # fmt: skip
+        "retired": None,
+    }
+    card(name, **spec)  # every problem in one paragraph, before anything is written
+    header = (
+        f"# Persona card '{name}', written by `hamdam persona new`. Complete it: gender (male/female), how they\n"
+        "# spoke (register), a few facts and memories, a few of their sayings, and who may talk to it\n"
+        "# (consent.may_talk). `hamdam persona show " + name + "` shows it.\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic_text(path, header + yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+    sys.stdout.write(f"wrote {path}\n")
+    return path

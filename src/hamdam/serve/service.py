@@ -339,33 +339,33 @@ class ChatService:
         new = self._attach(session, history)
         engine = self.engine
         assert engine is not None
-        disclosure = engine.guard.opening_note() if (new and engine.guard) else None
-        emit({"type": "session", "session_id": session.client_id, "new": new, "disclosure": disclosure})
         # Every message is a message here, never a command (feedback has its own routes): a line that
-        # starts with "/" still goes through crisis detection.
+        # starts with "/" still goes through crisis detection. Safety answers first, without waiting
+        # for the model; the disclosure speaks the message's language.
         message = normalize_text(message)
-        lock = self.model_lock.exclusive() if sampling.seed is not None else self.model_lock.shared()
-        tail, replace = "", None
-        with lock:
-            if sampling.seed is not None:
-                set_seed(int(sampling.seed))
-            early, lang = engine.screen(session.conversation, message)
-            prompt_tokens = completion = 0
-            finish = "stop"
-            if early is not None:
-                reply, tail = early, early.text
-            else:
+        early, lang = engine.screen(session.conversation, message)
+        disclosure = engine.guard.opening_note(lang) if (new and engine.guard) else None
+        emit({"type": "session", "session_id": session.client_id, "new": new, "disclosure": disclosure})
+        prompt_tokens = completion = 0
+        finish, tail, replace = "stop", "", None
+        if early is not None:
+            reply, tail = early, early.text
+        else:
+            lock = self.model_lock.exclusive() if sampling.seed is not None else self.model_lock.shared()
+            with lock:
+                if sampling.seed is not None:
+                    set_seed(int(sampling.seed))
                 stream, prompt_tokens = self._generate(engine, session.conversation, message, sampling, emit)
-                completion = stream.completion_tokens
-                reply = engine.checked(stream.text or "…", lang)
-                rest = stream.rest(reply.text)
-                if reply.kind == "replaced" or rest is None:
-                    replace = reply.text
-                    finish = "content_filter" if reply.kind == "replaced" else "stop"
-                else:
-                    tail = rest
-                    if not (stream.ended or stream.stopped):
-                        finish = "length"
+            completion = stream.completion_tokens
+            reply = engine.checked(stream.text or "…", lang)
+            rest = stream.rest(reply.text)
+            if reply.kind == "replaced" or rest is None:
+                replace = reply.text
+                finish = "content_filter" if reply.kind == "replaced" else "stop"
+            else:
+                tail = rest
+                if not (stream.ended or stream.stopped):
+                    finish = "length"
         with self.store_lock:  # committed before the client is sent the end of the reply
             turn_id = self.store.add_turn(session.store_id, message, reply.text, reply.kind, reply.lang)
             if self.worker is not None:
