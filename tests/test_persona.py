@@ -21,14 +21,14 @@ ENDEARMENTS = {"عزیزم", "عشقم", "عزیز دلم"}  # anyone's: they te
 
 
 def test_the_shipped_cards_load_and_a_broken_card_names_every_problem():
-    cards = {c.name: c for c in load_cards(REPO / "conf" / "persona")}
+    cards = {c.name: c for c in load_cards(REPO / "personas")}
     assert cards["baba"].relation == "father" and cards["baba"].listener == "son" and cards["baba"].active
     assert "پسرم" in cards["baba"].addresses_user and cards["maman"].consent.role == "donor"
     with pytest.raises(PersonaError) as caught:
         card("amu", display_name="عمو", relation="father", listener="brother", addresses_user=[],
              user_calls_them=["عمو"], consent={"given_by": "", "role": "friend", "date": "yesterday"})  # fmt: skip
     message = str(caught.value)
-    for problem in ("conf/persona/amu.yaml", "listener is 'brother'", "addresses_user", "consent.role",
+    for problem in ("personas/amu.yaml", "listener is 'brother'", "addresses_user", "consent.role",
                     "consent.given_by", "consent.date"):  # fmt: skip
         assert problem in message
     assert len(message.splitlines()) == 1
@@ -42,8 +42,8 @@ def test_persona_commands_list_and_show(tmp_path):
     assert shown.returncode == 0 and "consent: given by" in shown.stdout and "the donor, while alive" in shown.stdout
     missing = run_hamdam(["persona", "show", "amu"], REPO)
     assert missing.returncode == 2 and "No persona card 'amu'" in missing.stderr and "baba, maman" in missing.stderr
-    (tmp_path / "conf" / "persona").mkdir(parents=True)
-    (tmp_path / "conf" / "persona" / "bad.yaml").write_text("display_name: [unclosed\n")
+    (tmp_path / "personas").mkdir(parents=True)
+    (tmp_path / "personas" / "bad.yaml").write_text("display_name: [unclosed\n")
     broken = run_hamdam(["persona", "list"], tmp_path)
     assert broken.returncode == 2 and "bad.yaml cannot be read" in broken.stderr and "Traceback" not in broken.stderr
 
@@ -107,11 +107,37 @@ def test_persona_new_writes_a_checked_card_and_never_overwrites(tmp_path):
             "--called", "بابا، بابا جون", "--given-by", "سارا (دختر)", "--consent", "family"]  # fmt: skip
     written = run_hamdam(["persona", "new", "baba", *args], tmp_path)
     assert written.returncode == 0, written.stderr
-    (made,) = load_cards(tmp_path / "conf" / "persona")
+    (made,) = load_cards(tmp_path / "personas")
     assert made.addresses_user == ("پسرم", "پسر گلم") and made.user_calls_them == ("بابا", "بابا جون")
     assert made.consent.given_by == "سارا (دختر)" and made.consent.role == "family" and made.active
     again = run_hamdam(["persona", "new", "baba", *args], tmp_path)
     assert again.returncode == 2 and "exists already" in again.stderr
     wrong = run_hamdam(["persona", "new", "amu", *[a if a != "son" else "brother" for a in args]], tmp_path)
     assert wrong.returncode == 2 and "listener is 'brother'" in wrong.stderr
-    assert sorted(p.name for p in (tmp_path / "conf" / "persona").iterdir()) == ["baba.yaml"]
+    assert sorted(p.name for p in (tmp_path / "personas").iterdir()) == ["baba.yaml"]
+
+
+def test_records_carry_who_speaks_to_whom_and_a_wrong_pair_is_named():
+    from hamdam.data.records import parse_record
+    from hamdam.errors import DataError
+
+    record = {"instruction": "سلام بابا", "response": "سلام پسرم", "persona": "father", "listener": "son"}
+    dialogue = parse_record(record, "record 1")
+    assert (dialogue.persona, dialogue.listener) == ("father", "son") and dialogue.to_record() == record
+    assert parse_record({"instruction": "a", "response": "b"}, "r").persona is None
+    with pytest.raises(DataError, match="record 7: persona='father', listener='wife'"):
+        parse_record({**record, "listener": "wife"}, "record 7")
+
+
+def test_a_retired_persona_is_not_served_and_its_farewell_is_the_answer(tmp_path):
+    folder = tmp_path / "personas"
+    folder.mkdir(parents=True)
+    spec = yaml.safe_load((REPO / "personas" / "baba.yaml").read_text(encoding="utf-8"))
+    spec["retired"] = {"date": "2026-12-01", "farewell": "خداحافظ پسرم، همیشه تو دلتم."}
+    (folder / "baba.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    for command in (["chat", "persona=baba"], ["serve", "persona=baba"]):
+        refused = run_hamdam(command, tmp_path, stdin="سلام\n")
+        assert refused.returncode == 2 and "was retired on 2026-12-01" in refused.stderr
+        assert "خداحافظ پسرم، همیشه تو دلتم." in refused.stderr and not (tmp_path / "chats.db").exists()
+    listed = run_hamdam(["persona", "list"], tmp_path)
+    assert "retired 2026-12-01" in listed.stdout

@@ -115,7 +115,7 @@ COMMANDS: tuple[Command, ...] = (
             "hamdam persona show baba",
             (Option(("name",), "name", "the card's name (`hamdam persona list`)", text=True), JSON)),
     Command("persona new", "hamdam.persona.commands:new_persona", "personas",
-            "write a new persona card to conf/persona/NAME.yaml, for the family to complete",
+            "write a new persona card to personas/NAME.yaml, for the family to complete",
             "hamdam persona new baba --relation father --listener son --display-name بابا "
             "--calls-user 'پسرم,پسر گلم' --called 'بابا,بابا جون' --given-by 'سارا (دختر)' --consent family",
             (Option(("name",), "name", "the card's name (a file name: letters, digits, - and _)", text=True),

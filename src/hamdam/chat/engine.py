@@ -45,6 +45,8 @@ class Conversation:
 
     exchanges: list[Exchange] = field(default_factory=list)
     risk: SessionRisk = field(default_factory=SessionRisk)
+    # Who speaks, to whom (a persona card's relation and listener): the prompt's persona header.
+    persona: tuple[str, str | None] | None = None
 
     def add(self, message: str, reply: Reply) -> None:
         self.exchanges.append(Exchange(message, reply))
@@ -124,9 +126,13 @@ class ChatEngine:
             return Reply(self.guard.safe_replacement(lang), "replaced", lang)
         return Reply(text, "model", lang)
 
+    def prompt(self, conversation: Conversation, message: str) -> list[int]:
+        header = self.chat_format.header(*conversation.persona) if conversation.persona else []
+        return self.chat_format.encode_prompt(conversation.turns, message, self.generator.prompt_budget, header)
+
     def generate(self, conversation: Conversation, message: str) -> str:
         """The model's answer to ``message``; never empty, never carrying a next turn."""
-        ids = self.chat_format.encode_prompt(conversation.turns, message, self.generator.prompt_budget)
+        ids = self.prompt(conversation, message)
         for _ in range(self.MAX_ATTEMPTS):
             text = self.chat_format.decode_reply(self.generator.generate([ids])[0])
             if text:

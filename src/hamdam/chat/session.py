@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 from hamdam.chat.commands import FeedbackState, handle
 from hamdam.chat.engine import OUT_OF_PERSONA, ChatEngine, Conversation
 from hamdam.data.normalize import normalize_text
+from hamdam.errors import HamdamError
 from hamdam.learning.champion import champion_dir, serve
 from hamdam.learning.store import ChatStore
 from hamdam.learning.worker import LearningWorker, write_config
@@ -134,9 +135,15 @@ def between_turns(engine: ChatEngine, feedback: FeedbackState) -> None:
         log.info("now serving the promoted model %s", champion)
 
 
-def run_piped(engine: ChatEngine, source: TextIO, sink: TextIO, feedback: FeedbackState | None = None) -> None:
+def run_piped(
+    engine: ChatEngine,
+    source: TextIO,
+    sink: TextIO,
+    feedback: FeedbackState | None = None,
+    persona: tuple[str, str | None] | None = None,
+) -> None:
     """Exactly one output line per input line, so scripts can pair them; context carries across lines."""
-    conversation = Conversation()
+    conversation = Conversation(persona=persona)
     feedback = feedback or FeedbackState(None, None)
     for number, line in enumerate(source, start=1):
         if "\ufffd" in line:
@@ -168,7 +175,12 @@ def _answer_or_report(
 
 
 def run_terminal(
-    engine: ChatEngine, prompt: str, reply_prefix: str, note: str | None = None, feedback: FeedbackState | None = None
+    engine: ChatEngine,
+    prompt: str,
+    reply_prefix: str,
+    note: str | None = None,
+    feedback: FeedbackState | None = None,
+    persona: tuple[str, str | None] | None = None,
 ) -> None:
     from rich.console import Console
 
@@ -176,7 +188,7 @@ def run_terminal(
     if note:
         console.print(f"[italic]{note}[/italic]")
     console.print("[dim]Ctrl-D or Ctrl-C to leave.[/dim]")
-    conversation = Conversation()
+    conversation = Conversation(persona=persona)
     feedback = feedback or FeedbackState(None, None)
     while True:
         try:
@@ -197,22 +209,40 @@ def run_terminal(
         console.print(f"[{style}]{reply_prefix}[/{style}]{text}", markup=True)
 
 
+def persona_of(cfg: DictConfig, engine: ChatEngine | None = None) -> tuple[str, str | None] | None:
+    """``persona=NAME``: the card's (relation, listener), for the prompt's persona header. A retired
+    card is not served: its farewell is the answer."""
+    if not cfg.get("persona"):
+        return None
+    from hamdam.persona.commands import find
+
+    card = find(Path(cfg.persona_dir), str(cfg.persona))
+    if card.retired:
+        raise HamdamError(f"{card.display_name} ({card.name}) was retired on {card.retired.date} and is no longer "
+                          f"served. {card.retired.farewell}")  # fmt: skip
+    if engine is not None and engine.chat_format.persona_id is None:
+        log.warning("this model was trained without persona headers: the card of %s cannot be given to it", card.name)
+    return card.relation, card.listener
+
+
 def chat(cfg: DictConfig) -> None:
     if cfg.get("seed") is not None:
         set_seed(int(cfg.seed))
+    persona_of(cfg)  # a missing or retired card stops here, before the model is loaded
     model_dir = model_dir_of(cfg)
     engine = build_engine(cfg, model_dir)
+    persona = persona_of(cfg, engine)
     note = engine.guard.opening_note() if engine.guard else None
     feedback = start_learning(cfg, model_dir) if cfg.learning.enabled else FeedbackState(None, None)
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="replace")  # bytes that are not UTF-8 become U+FFFD, then dropped
     try:
         if sys.stdin.isatty():
-            run_terminal(engine, cfg.prompt, cfg.reply_prefix, note, feedback)
+            run_terminal(engine, cfg.prompt, cfg.reply_prefix, note, feedback, persona)
         else:
             if note:  # stdout keeps one line per input line; the note goes to stderr
                 sys.stderr.write(note + "\n")
-            run_piped(engine, sys.stdin, sys.stdout, feedback)
+            run_piped(engine, sys.stdin, sys.stdout, feedback, persona)
     except KeyboardInterrupt:
         pass
     finally:

@@ -30,7 +30,7 @@ IGNORE_INDEX = -100
 
 # Marker-shaped text: <|user|>, < sep >, <|endoftext|>, </s>, <s>, <pad>, ...
 _LOOKALIKE = re.compile(
-    r"<\s*/?\s*\|?\s*(?:user|assistant|system|end|endoftext|startoftext|sep|s|pad|unk|mask|bos|eos)"
+    r"<\s*/?\s*\|?\s*(?:user|assistant|persona|system|end|endoftext|startoftext|sep|s|pad|unk|mask|bos|eos)"
     r"\s*\|?\s*>",
     re.IGNORECASE,
 )
@@ -44,9 +44,11 @@ class RoleMarkers:
     assistant: str
     end: str
     pad: str
+    # Opens the persona header (who speaks, to whom); None: a model without one.
+    persona: str | None = None
 
     def all(self) -> list[str]:
-        return [self.user, self.assistant, self.end, self.pad]
+        return [self.user, self.assistant, self.end, self.pad, *([self.persona] if self.persona else [])]
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,16 @@ class ChatFormat:
             ids["end"],
             ids["pad"],
         )
+        self.persona_id: int | None = None
+        if markers.persona:
+            self.persona_id = tokenizer.convert_tokens_to_ids(markers.persona)
+            if self.persona_id is None or self.persona_id == tokenizer.unk_token_id:
+                raise ModelLoadError(
+                    f"The tokenizer has no token {markers.persona!r} for the persona marker. Train a tokenizer "
+                    "that includes it, or set model.markers.persona=null."
+                )
+            ids["persona"] = self.persona_id
+        self._headers: dict[tuple[str, str | None], list[int]] = {}
         self._special_ids = set(tokenizer.all_special_ids) | set(ids.values())
         specials = sorted(set(tokenizer.all_special_tokens) | set(markers.all()), key=len, reverse=True)
         self._special_text = re.compile("|".join(re.escape(s) for s in specials if s))
@@ -117,9 +129,21 @@ class ChatFormat:
             pairs.append((user, reply))
         return pairs
 
+    def header(self, persona: str | None, listener: str | None = None) -> list[int]:
+        """``<|persona|> relation listener <|end|>``: who speaks, to whom, before the first turn. Its
+        own marker, which user text can never spell (``sanitize``); empty for a model without one or
+        when the persona is unknown. Never learned (its labels are masked)."""
+        if self.persona_id is None or not persona:
+            return []
+        key = (persona, listener)
+        if key not in self._headers:
+            words = self.encode_text(f"{persona} {listener}" if listener else persona)
+            self._headers[key] = [self.persona_id, *words, self.end_id]
+        return self._headers[key]
+
     def encode_dialogue(self, dialogue: Dialogue) -> Example:
         """Token ids and labels for training, within ``max_length``."""
-        return self._assemble(self._pairs(dialogue.turns))
+        return self._assemble(self._pairs(dialogue.turns), self.header(dialogue.persona, dialogue.listener))
 
     def encode_dialogues(self, dialogues: Iterable[Dialogue], chunk: int = 8192) -> Iterator[Example]:
         """``encode_dialogue`` for many: the tokenizer runs on batches of texts (in Rust, on every
@@ -145,10 +169,12 @@ class ChatFormat:
             ids = [[i for i in next(encoded) if i not in special] for _ in dialogue.turns]
             if len(ids) % 2:
                 ids.append([])
-            yield self._assemble(list(zip(ids[::2], ids[1::2], strict=True)))
+            header = self.header(dialogue.persona, dialogue.listener)
+            yield self._assemble(list(zip(ids[::2], ids[1::2], strict=True)), header)
 
-    def _assemble(self, pairs: list[tuple[list[int], list[int]]]) -> Example:
-        budget = self.max_length
+    def _assemble(self, pairs: list[tuple[list[int], list[int]]], header: list[int] | None = None) -> Example:
+        header = header or []
+        budget = self.max_length - len(header)
         user, reply = pairs[-1]
         # The last exchange always stays: <user> u <assistant> reply <end>.
         reply_room = max(budget - 3 - 1, 1)  # at least one user token
@@ -163,8 +189,8 @@ class ChatFormat:
                 break
             chosen.append((user_ids, reply_ids, True))
             used += cost
-        input_ids: list[int] = []
-        labels: list[int] = []
+        input_ids: list[int] = list(header)
+        labels: list[int] = [IGNORE_INDEX] * len(header)
         for user_ids, reply_ids, complete in reversed(chosen):
             input_ids += [self.user_id, *user_ids, self.assistant_id]
             labels += [IGNORE_INDEX] * (len(user_ids) + 2)
@@ -175,8 +201,12 @@ class ChatFormat:
                 labels.append(self.end_id)
         return Example(input_ids=input_ids, labels=labels)
 
-    def encode_prompt(self, history: Sequence[Turn], message: str, budget: int) -> list[int]:
-        """Ids that ask for the next reply: past turns (oldest dropped first), then the message."""
+    def encode_prompt(
+        self, history: Sequence[Turn], message: str, budget: int, header: Sequence[int] = ()
+    ) -> list[int]:
+        """Ids that ask for the next reply: the persona header, past turns (oldest dropped first), then
+        the message."""
+        budget -= len(header)
         user = self.encode_text(message)
         user = user[-max(budget - 2, 1) :]
         ids = [self.user_id, *user, self.assistant_id]
@@ -185,7 +215,7 @@ class ChatFormat:
             if len(ids) + len(block) > budget:
                 break
             ids = block + ids
-        return ids
+        return [*header, *ids]
 
     def decode_reply(self, ids: Sequence[int]) -> str:
         """Text of a generated reply, cut at the first stop id so no forged turn survives."""

@@ -36,9 +36,12 @@ class Turn:
 
 @dataclass(frozen=True)
 class Dialogue:
-    """One training example: alternating turns ending with the assistant's reply."""
+    """One training example: alternating turns ending with the assistant's reply; and, when known,
+    who speaks (``persona``: the loved one's relation to the user) and to whom (``listener``)."""
 
     turns: tuple[Turn, ...]
+    persona: str | None = None
+    listener: str | None = None
 
     @property
     def first_user_text(self) -> str:
@@ -49,9 +52,10 @@ class Dialogue:
             yield turn.text
 
     def to_record(self) -> dict[str, Any]:
+        who = {k: v for k, v in (("persona", self.persona), ("listener", self.listener)) if v}
         if len(self.turns) == 2:
-            return {"instruction": self.turns[0].text, "response": self.turns[1].text}
-        return {"turns": [{"role": t.role, "text": t.text} for t in self.turns]}
+            return {"instruction": self.turns[0].text, "response": self.turns[1].text, **who}
+        return {"turns": [{"role": t.role, "text": t.text} for t in self.turns], **who}
 
 
 _SHAPES = (
@@ -73,10 +77,27 @@ def _text(value: Any, where: str, field: str) -> str:
     return text
 
 
+def _who(record: dict[str, Any], where: str) -> dict[str, str]:
+    """The optional ``persona`` and ``listener`` fields: a pair of the corpus's relations, or absent."""
+    from hamdam.persona.card import RELATIONS
+
+    persona, listener = record.get("persona"), record.get("listener")
+    if persona is None and listener is None:
+        return {}
+    if persona not in RELATIONS or (listener is not None and listener not in RELATIONS[persona]):
+        raise DataError(
+            f"{where}: persona={persona!r}, listener={listener!r} is not a pair hamdam knows: persona is one of "
+            f"{', '.join(RELATIONS)}, and the listener one of that persona's ({', '.join(RELATIONS.get(persona, ()))}"
+            "). Fix the fields or remove them, and run again."
+        )
+    return {"persona": persona, "listener": listener}
+
+
 def parse_record(record: Any, where: str) -> Dialogue:
     """Turn one decoded JSON value into a Dialogue, or raise a DataError naming ``where``."""
     if not isinstance(record, dict):
         raise _fail(where, f"expected a JSON object, got {type(record).__name__}.")
+    who = _who(record, where)
     if "turns" in record:
         raw = record["turns"]
         if not isinstance(raw, list) or not raw:
@@ -95,7 +116,7 @@ def parse_record(record: Any, where: str) -> Dialogue:
             turns.append(Turn(expected, _text(item["text"], where, f"turns[{i}].text")))
         if turns[-1].role != "assistant":
             raise _fail(where, "the last turn must be the assistant's reply.")
-        return Dialogue(tuple(turns))
+        return Dialogue(tuple(turns), **who)
     missing = [k for k in ("instruction", "response") if k not in record]
     if missing:
         raise _fail(where, f"missing field(s) {', '.join(repr(m) for m in missing)}.")
@@ -103,7 +124,8 @@ def parse_record(record: Any, where: str) -> Dialogue:
         (
             Turn("user", _text(record["instruction"], where, "instruction")),
             Turn("assistant", _text(record["response"], where, "response")),
-        )
+        ),
+        **who,
     )
 
 

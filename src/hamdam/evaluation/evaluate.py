@@ -30,13 +30,18 @@ from hamdam.models.generation import Generator
 log = logging.getLogger(__name__)
 
 
-def generate_replies(generator: Generator, prompts: list[str], batch_size: int) -> tuple[list[str], list[bool]]:
-    """Replies to single-turn prompts, in batches; and whether each ended by itself."""
+def generate_replies(
+    generator: Generator, prompts: list[str], batch_size: int, headers: list[list[int]] | None = None
+) -> tuple[list[str], list[bool]]:
+    """Replies to single-turn prompts (each after its persona header, if given), in batches; and
+    whether each ended by itself."""
     chat_format = generator.chat_format
+    headers = headers or [[] for _ in prompts]
     replies, clean = [], []
     for start in range(0, len(prompts), batch_size):
         encoded = [
-            chat_format.encode_prompt([], p, generator.prompt_budget) for p in prompts[start : start + batch_size]
+            chat_format.encode_prompt([], p, generator.prompt_budget, h)
+            for p, h in zip(prompts[start : start + batch_size], headers[start : start + batch_size], strict=True)
         ]
         for row in generator.generate(encoded):
             replies.append(chat_format.decode_reply(row))
@@ -105,11 +110,19 @@ def write_png(csv_text: str, title: str, path: Path) -> None:
     temporary.replace(path)
 
 
-def persona_metrics(cfg: DictConfig, replies: list[str]) -> dict[str, float]:
-    """Persona consistency of the replies to the first prompts, against the labeled listener of each
-    (``persona_labels``: one line per eval record, in order; read by a person, not by the metric)."""
-    labels = [json.loads(line) for line in Path(cfg.persona_labels).read_text(encoding="utf-8").splitlines()]
-    listeners = [r["listener"] if r["listener"] != "unknown" else None for r in labels[: len(replies)]]
+def persona_labels(cfg: DictConfig) -> list[tuple[str, str] | None]:
+    """(persona, listener) of each eval record where a reader could tell both, else None
+    (``persona_labels``: one line per eval record, in order); [] without the file."""
+    if not cfg.get("persona_labels") or not Path(cfg.persona_labels).is_file():
+        return []
+    rows = [json.loads(line) for line in Path(cfg.persona_labels).read_text(encoding="utf-8").splitlines()]
+    return [(r["persona"], r["listener"]) if "unknown" not in (r["persona"], r["listener"]) else None for r in rows]
+
+
+def persona_metrics(cfg: DictConfig, replies: list[str], labels: list[tuple[str, str] | None]) -> dict[str, float]:
+    """Persona consistency of the replies, against the labeled listener of each (read by a person,
+    not by the metric)."""
+    listeners = [pair[1] if pair else None for pair in labels[: len(replies)]]
     result = persona_consistency(AddressLexicon.from_personas(cfg.persona_lexicon), replies, listeners)
     return {"persona_consistency": result.consistency, "persona_addressed": result.addressed,
             "persona_scored": result.replies}  # fmt: skip
@@ -140,12 +153,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     generation.max_new_tokens = cfg.max_new_tokens
     subset = dialogues[: cfg.num_generate] if cfg.num_generate else dialogues
     prompts = [d.first_user_text for d in subset]
-    replies, clean = generate_replies(Generator(model, chat_format, generation), prompts, cfg.batch_size)
+    # Persona consistency is measured "with the relation given": the labeled pair in the header.
+    labels = persona_labels(cfg)[: len(subset)]
+    headers = [chat_format.header(*pair) if pair else [] for pair in labels] if labels else None
+    replies, clean = generate_replies(Generator(model, chat_format, generation), prompts, cfg.batch_size, headers)
     metrics.update(generation_metrics(replies, clean, cfg.script))
     metrics["eval_pairs"] = len(dialogues)
     metrics["generated"] = len(replies)
-    if cfg.get("persona_labels") and Path(cfg.persona_labels).is_file():
-        metrics.update(persona_metrics(cfg, replies))
+    if labels:
+        metrics.update(persona_metrics(cfg, replies, labels))
 
     out = output_dir(cfg)
     write_atomic_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -151,10 +151,11 @@ def read_meta(model_dir: Path) -> tuple[dict[str, Any], Callable[..., PreTrained
     markers = meta.get("markers")
     if (
         not isinstance(markers, dict)
-        or set(markers) != {"user", "assistant", "end", "pad"}
-        or not all(isinstance(v, str) for v in markers.values())
+        or not {"user", "assistant", "end", "pad"} <= set(markers) <= {"user", "assistant", "end", "pad", "persona"}
+        or not all(isinstance(v, str) for k, v in markers.items() if k != "persona")
+        or not isinstance(markers.get("persona"), (str, type(None)))
     ):
-        raise refuse("its 'markers' must map user, assistant, end and pad to token strings")
+        raise refuse("its 'markers' must map user, assistant, end and pad (and optionally persona) to token strings")
     if not isinstance(meta.get("max_length"), int) or meta["max_length"] < 1:
         raise refuse("its 'max_length' must be a positive whole number")
     weights = "adapter_model.safetensors" if meta["kind"] == "lora" else "model.safetensors"

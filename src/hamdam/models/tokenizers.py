@@ -47,12 +47,13 @@ def train_bpe_tokenizer(
     min_frequency: int = 2,
 ) -> PreTrainedTokenizerBase:
     """A tokenizer for a from-scratch model, trained on its training split, markers at ids 0-3."""
-    specials = [markers.pad, markers.user, markers.assistant, markers.end]
+    extra = [markers.persona] if markers.persona else []
+    specials = [markers.pad, markers.user, markers.assistant, markers.end, *extra]
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=byte_level_bpe(texts, specials, vocab_size, min_frequency),
         pad_token=markers.pad,
         eos_token=markers.end,
-        additional_special_tokens=[markers.user, markers.assistant],
+        additional_special_tokens=[markers.user, markers.assistant, *extra],
     )
     log.info("Trained a byte-level BPE tokenizer: %d tokens (asked for at most %d)", len(tokenizer), vocab_size)
     return tokenizer
@@ -67,7 +68,8 @@ def char_level_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """One token per character, the ``vocab_size`` most frequent ones: the usual choice for Chinese,
     where a character is a morpheme. Markers at ids 0-3, ``unk`` at 4 for the rare characters left out."""
-    specials = [markers.pad, markers.user, markers.assistant, markers.end, unk]
+    extra = [markers.persona] if markers.persona else []
+    specials = [markers.pad, markers.user, markers.assistant, markers.end, unk, *extra]
     counts: Counter[str] = Counter()
     for text in texts:
         counts.update(text)
@@ -84,7 +86,7 @@ def char_level_tokenizer(
         pad_token=markers.pad,
         eos_token=markers.end,
         unk_token=unk,
-        additional_special_tokens=[markers.user, markers.assistant],
+        additional_special_tokens=[markers.user, markers.assistant, *extra],
     )
     covered = sum(counts[c] for c in chars) / max(1, sum(counts.values()))
     log.info(

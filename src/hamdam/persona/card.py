@@ -1,4 +1,4 @@
-"""A persona card: the loved one the companion speaks as, written by the family (``conf/persona/``).
+"""A persona card: the loved one the companion speaks as, written by the family (``personas/``).
 
 The card says who they were to the user (``relation``, ``listener``: the corpus's pairs), the words
 they called the user by and the user called them by, how they spoke, a few facts and sayings, and
@@ -77,8 +77,8 @@ class PersonaCard:
 
 
 def card(name: str, **spec: Any) -> PersonaCard:
-    """A card from its config (``conf/persona/NAME.yaml``), checked: every problem in one paragraph."""
-    where = f"persona card '{name}' (conf/persona/{name}.yaml)"
+    """A card from its config (``personas/NAME.yaml``), checked: every problem in one paragraph."""
+    where = f"persona card '{name}' (personas/{name}.yaml)"
     problems = []
     relation, listener = spec.get("relation"), spec.get("listener")
     if relation not in RELATIONS:

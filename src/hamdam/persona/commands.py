@@ -16,7 +16,7 @@ from hamdam.persona.card import PersonaCard, PersonaError, card
 
 
 def load_cards(folder: Path) -> list[PersonaCard]:
-    """Every card in ``folder`` (``conf/persona/``), checked; a broken one is an error naming it."""
+    """Every card in ``folder`` (``personas/``), checked; a broken one is an error naming it."""
     cards = []
     for path in sorted(Path(folder).glob("*.yaml")):
         try:
@@ -89,7 +89,7 @@ def new_persona(cfg: DictConfig) -> Path:
     name = str(cfg.name or "")
     if not NAME.match(name):
         raise PersonaError(f"The persona name {name!r} must be 1 to 64 letters, digits, '-' or '_' (it names the "
-                           "file conf/persona/NAME.yaml and `persona=NAME`).")  # fmt: skip
+                           "file personas/NAME.yaml and `persona=NAME`).")  # fmt: skip
     path = Path(cfg.persona_dir) / f"{name}.yaml"
     if path.exists():
         raise PersonaError(f"{path} exists already. Edit it, or choose another name.")

@@ -491,9 +491,11 @@ def serve(cfg: DictConfig) -> None:
     import torch
     import uvicorn
 
+    from hamdam.chat.session import persona_of
     from hamdam.serve.models import resolve_model
 
-    api_key(cfg)  # a key that is needed, and the model folder, are checked before anything is created
+    api_key(cfg)  # a key that is needed, the model folder and the persona are checked before anything is created
+    persona_of(cfg)
     model_dir = resolve_model(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))

@@ -172,6 +172,7 @@ class ChatService:
         self.worker = None
         self.parent_run: str | None = None
         self.unloadable: Path | None = None  # a promoted model that failed to load: not tried again
+        self.persona: tuple[str, str | None] | None = None  # persona=NAME: every session's header
 
     # --- the model ----------------------------------------------------------------------------
 
@@ -181,11 +182,12 @@ class ChatService:
 
     def load(self) -> None:
         """Load the model (``/health`` answers 503 until this returns); start learning if asked."""
-        from hamdam.chat.session import build_engine, learning_worker
+        from hamdam.chat.session import build_engine, learning_worker, persona_of
 
         model_dir = self.wanted
         try:
             engine = build_engine(self.cfg, model_dir)
+            self.persona = persona_of(self.cfg, engine)
             if self.learn:
                 self.worker, self.parent_run = learning_worker(self.cfg, model_dir, "hamdam serve --learn")
                 with self.store_lock:
@@ -249,7 +251,7 @@ class ChatService:
         with self.sessions_lock:
             session = self.sessions.get(client_id)
             if session is None:
-                session = self.sessions[client_id] = Session(client_id)
+                session = self.sessions[client_id] = Session(client_id, Conversation(persona=self.persona))
             self.sessions.move_to_end(client_id)
             if not session.busy.acquire(blocking=False):
                 raise RequestError(409, "A reply in this session is still being written; wait for it, then send.")
@@ -382,7 +384,7 @@ class ChatService:
     ) -> tuple[ReplyStream, int]:
         generator = engine.generator
         chat_format = engine.chat_format
-        prompt = chat_format.encode_prompt(conversation.turns, message, generator.prompt_budget)
+        prompt = engine.prompt(conversation, message)
         config = sampling_config(generator.config, sampling, self.max_tokens)
         unsafe = engine.guard.unsafe_reply if engine.guard is not None else None
         input_ids = torch.tensor([prompt], dtype=torch.long, device=generator.device)
