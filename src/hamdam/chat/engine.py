@@ -45,8 +45,8 @@ class Conversation:
 
     exchanges: list[Exchange] = field(default_factory=list)
     risk: SessionRisk = field(default_factory=SessionRisk)
-    # Who speaks, to whom (a persona card's relation and listener): the prompt's persona header.
-    persona: tuple[str, str | None] | None = None
+    # Who speaks, to whom, with what forms of address (a persona card's): the prompt's persona header.
+    persona: tuple | None = None
 
     def add(self, message: str, reply: Reply) -> None:
         self.exchanges.append(Exchange(message, reply))

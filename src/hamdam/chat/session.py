@@ -140,7 +140,7 @@ def run_piped(
     source: TextIO,
     sink: TextIO,
     feedback: FeedbackState | None = None,
-    persona: tuple[str, str | None] | None = None,
+    persona: tuple | None = None,
 ) -> None:
     """Exactly one output line per input line, so scripts can pair them; context carries across lines."""
     conversation = Conversation(persona=persona)
@@ -180,7 +180,7 @@ def run_terminal(
     reply_prefix: str,
     note: str | None = None,
     feedback: FeedbackState | None = None,
-    persona: tuple[str, str | None] | None = None,
+    persona: tuple | None = None,
 ) -> None:
     from rich.console import Console
 
@@ -209,7 +209,7 @@ def run_terminal(
         console.print(f"[{style}]{reply_prefix}[/{style}]{text}", markup=True)
 
 
-def persona_of(cfg: DictConfig, engine: ChatEngine | None = None) -> tuple[str, str | None] | None:
+def persona_of(cfg: DictConfig, engine: ChatEngine | None = None) -> tuple[str, str, tuple[str, ...]] | None:
     """``persona=NAME``: the card's (relation, listener), for the prompt's persona header. A retired
     card is not served: its farewell is the answer."""
     if not cfg.get("persona"):
@@ -222,7 +222,7 @@ def persona_of(cfg: DictConfig, engine: ChatEngine | None = None) -> tuple[str, 
                           f"served. {card.retired.farewell}")  # fmt: skip
     if engine is not None and engine.chat_format.persona_id is None:
         log.warning("this model was trained without persona headers: the card of %s cannot be given to it", card.name)
-    return card.relation, card.listener
+    return card.relation, card.listener, card.addresses_user
 
 
 def chat(cfg: DictConfig) -> None:

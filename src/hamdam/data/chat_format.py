@@ -98,7 +98,10 @@ class ChatFormat:
                     "that includes it, or set model.markers.persona=null."
                 )
             ids["persona"] = self.persona_id
-        self._headers: dict[tuple[str, str | None], list[int]] = {}
+        self._headers: dict[tuple, list[int]] = {}
+        # (persona, listener) -> how that persona addresses that listener: the header's forms when a
+        # record gives none (training on the corpus); a persona card gives its own.
+        self.addresses: dict[tuple[str, str], tuple[str, ...]] = {}
         self._special_ids = set(tokenizer.all_special_ids) | set(ids.values())
         specials = sorted(set(tokenizer.all_special_tokens) | set(markers.all()), key=len, reverse=True)
         self._special_text = re.compile("|".join(re.escape(s) for s in specials if s))
@@ -129,16 +132,21 @@ class ChatFormat:
             pairs.append((user, reply))
         return pairs
 
-    def header(self, persona: str | None, listener: str | None = None) -> list[int]:
-        """``<|persona|> relation listener <|end|>``: who speaks, to whom, before the first turn. Its
-        own marker, which user text can never spell (``sanitize``); empty for a model without one or
-        when the persona is unknown. Never learned (its labels are masked)."""
+    def header(self, persona: str | None, listener: str | None = None, forms: Sequence[str] | None = None) -> list[int]:
+        """``<|persona|> relation listener : forms of address <|end|>``: who speaks, to whom, and what
+        they call them, before the first turn. Its own marker, which user text can never spell
+        (``sanitize``); empty for a model without one or when the persona is unknown. Never learned
+        (its labels are masked)."""
         if self.persona_id is None or not persona:
             return []
-        key = (persona, listener)
+        if forms is None:
+            forms = self.addresses.get((persona, listener), ()) if listener else ()
+        key = (persona, listener, tuple(forms))
         if key not in self._headers:
-            words = self.encode_text(f"{persona} {listener}" if listener else persona)
-            self._headers[key] = [self.persona_id, *words, self.end_id]
+            text = f"{persona} {listener}" if listener else persona
+            if forms:
+                text += " : " + " ، ".join(forms)
+            self._headers[key] = [self.persona_id, *self.encode_text(text), self.end_id]
         return self._headers[key]
 
     def encode_dialogue(self, dialogue: Dialogue) -> Example:

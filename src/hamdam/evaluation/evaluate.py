@@ -26,6 +26,7 @@ from hamdam.evaluation.persona import AddressLexicon, persona_consistency
 from hamdam.io import write_atomic_text
 from hamdam.models.export import load_exported
 from hamdam.models.generation import Generator
+from hamdam.persona.card import corpus_addresses
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     prompts = [d.first_user_text for d in subset]
     # Persona consistency is measured "with the relation given": the labeled pair in the header.
     labels = persona_labels(cfg)[: len(subset)]
-    headers = [chat_format.header(*pair) if pair else [] for pair in labels] if labels else None
+    forms = corpus_addresses(cfg.persona_lexicon) if labels else {}
+    headers = [chat_format.header(*pair, forms.get(pair, ())) if pair else [] for pair in labels] if labels else None
     replies, clean = generate_replies(Generator(model, chat_format, generation), prompts, cfg.batch_size, headers)
     metrics.update(generation_metrics(replies, clean, cfg.script))
     metrics["eval_pairs"] = len(dialogues)

@@ -126,3 +126,17 @@ def card(name: str, **spec: Any) -> PersonaCard:
         else None,  # fmt: skip
         retired=Retirement(str(retired["date"]), retired["farewell"]) if retired else None,
     )
+
+
+def corpus_addresses(path: str) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(persona, listener) -> how the persona addresses them, from the corpus's ``personas.yaml``."""
+    from pathlib import Path
+
+    import yaml
+
+    personas = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return {
+        (persona, listener): tuple(forms)
+        for persona, spec in personas.items()
+        for listener, forms in spec["listeners"].items()
+    }

@@ -9,6 +9,7 @@ pass the Luhn check, so ordinary long numbers survive.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from hamdam.data.records import Dialogue, Turn
 
@@ -68,4 +69,4 @@ def scrub(text: str) -> str:
 
 
 def scrub_dialogue(dialogue: Dialogue) -> Dialogue:
-    return Dialogue(tuple(Turn(t.role, scrub(t.text)) for t in dialogue.turns))
+    return replace(dialogue, turns=tuple(Turn(t.role, scrub(t.text)) for t in dialogue.turns))

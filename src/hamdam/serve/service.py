@@ -172,7 +172,7 @@ class ChatService:
         self.worker = None
         self.parent_run: str | None = None
         self.unloadable: Path | None = None  # a promoted model that failed to load: not tried again
-        self.persona: tuple[str, str | None] | None = None  # persona=NAME: every session's header
+        self.persona: tuple | None = None  # persona=NAME: every session's header
 
     # --- the model ----------------------------------------------------------------------------
 

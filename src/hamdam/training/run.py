@@ -21,6 +21,7 @@ from hamdam.models.backbones import apply_lora
 from hamdam.models.export import Exported, export_model, load_exported, write_latest
 from hamdam.models.module import DialogueLM
 from hamdam.models.tokenizers import looks_local
+from hamdam.persona.card import corpus_addresses
 from hamdam.training import tracking
 from hamdam.training.callbacks import HeldoutPerplexity
 
@@ -163,6 +164,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tokenizer = instantiate(cfg.model.tokenizer)(texts=datamodule.train_texts(), markers=markers)
     tokenizer.save_pretrained(output_dir / "tokenizer")
     chat_format = ChatFormat(tokenizer, markers, max_length)
+    forms = cfg.model.get("persona_forms")
+    if forms and Path(forms).is_file():  # the header's forms of address for records that give a pair
+        chat_format.addresses = corpus_addresses(forms)
     datamodule.attach(chat_format)
 
     if init is not None:
