@@ -71,7 +71,6 @@ class Session:
     store_id: int | None = None
     last_turn_id: int | None = None
     busy: threading.Lock = field(default_factory=threading.Lock)
-    restored: bool = False  # looked up in the store (a restart, or evicted from memory)
 
 
 @dataclass
