@@ -77,6 +77,29 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
+DVC = str(Path(sys.executable).with_name("dvc"))
+GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+
+
+def sh(args: list[str], cwd: Path) -> str:
+    """A command's stdout; ``dvc`` is this environment's."""
+    args = [DVC, *args[1:]] if args[0] == "dvc" else args
+    return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A git + DVC workspace whose data/ holds one committed seed record."""
+    sh([*GIT, "init", "-q"], tmp_path)
+    sh(["dvc", "init", "-q"], tmp_path)
+    (tmp_path / "data" / "seed").mkdir(parents=True)
+    (tmp_path / "data" / "seed" / "a.jsonl").write_text('{"instruction": "سلام", "response": "سلام پسرم"}\n')
+    sh(["dvc", "add", "-q", "data"], tmp_path)
+    sh([*GIT, "add", "-A"], tmp_path)
+    sh([*GIT, "commit", "-qm", "seed"], tmp_path)
+    return tmp_path
+
+
 def write_records(path: Path, records: list) -> Path:
     path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
     return path

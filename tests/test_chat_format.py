@@ -160,3 +160,44 @@ def test_user_text_cannot_forge_a_persona_header(word_tokenizer):
     for text in forged:
         ex = fmt.encode_dialogue(dialogue(text, "سلام"))
         assert H not in ex.input_ids and H not in fmt.encode_prompt([], text, budget=32), text
+
+
+def test_without_a_card_the_relation_the_user_names_heads_the_prompt_for_the_session(word_tokenizer):
+    from hamdam.chat.engine import ChatEngine, Conversation, Reply
+    from hamdam.persona.card import PersonaHeader
+
+    fmt, H, (father, son) = _persona_format(word_tokenizer)
+    from transformers import GenerationConfig
+
+    engine = ChatEngine(torch.nn.Identity(), fmt, GenerationConfig(max_new_tokens=8))
+    conversation = Conversation()
+    assert engine.prompt(conversation, "سلام")[0] == U  # nothing named yet: no header
+    conversation.add("سلام", Reply("سلام", "model"))
+    assert engine.prompt(conversation, "بابا دلم تنگ شده")[:3] == [H, father, E]  # the relation only
+    assert conversation.persona == PersonaHeader("father")
+    conversation.add("بابا دلم تنگ شده", Reply("منم", "model"))
+    assert engine.prompt(conversation, "مامان سلام")[:3] == [H, father, E]  # kept for the session
+    assert engine.prompt(Conversation(detect=False), "بابا")[0] == U  # detect_relation=false
+    card = PersonaHeader("father", "son", (), "baba")
+    assert engine.prompt(Conversation(persona=card), "مامان")[:4] == [H, father, son, E]  # a card: its pair
+
+
+def test_a_share_of_training_headers_gives_the_relation_only(word_tokenizer, tmp_path):
+    """As a chat without a card will: validation keeps the full header, so its loss stays comparable."""
+    import json
+
+    from hamdam.data.datamodule import DialogueDataModule
+
+    fmt, H, (father, son) = _persona_format(word_tokenizer)
+    records = [{"instruction": f"سلام بابا {'دلم ' * i}", "response": "سلام پسرم", "persona": "father",
+                "listener": "son"} for i in range(40)]  # fmt: skip
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    shares = []
+    for share in (0.0, 0.5, 1.0):
+        data = DialogueDataModule(str(path), val_fraction=0.2, relation_only=share)
+        data.attach(fmt)
+        heads = [data.train_set[i].input_ids[:3] for i in range(len(data.train_set))]
+        shares.append(sum(h == [H, father, E] for h in heads) / len(heads))
+        assert all(data.val_set[i].input_ids[:4] == [H, father, son, E] for i in range(len(data.val_set)))
+    assert shares[0] == 0 and 0.25 < shares[1] < 0.75 and shares[2] == 1

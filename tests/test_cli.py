@@ -256,4 +256,4 @@ def test_data_build_then_stats_json(tmp_path):
 def test_a_group_set_to_null_is_dropped(tmp_path):
     shown = run_hamdam(["train", "logger=null", "--cfg", "job"], cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    assert "MLFlowLogger" not in shown.stdout and "model:" in shown.stdout
+    assert "mlflow_logger" not in shown.stdout and "model:" in shown.stdout

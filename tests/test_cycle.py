@@ -5,7 +5,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,22 +23,17 @@ from hamdam.models.export import read_latest
 from hamdam.models.tiny import ensure_tiny_gpt2
 from hamdam.training.run import train
 
-from conftest import CONF, SAMPLE
-
-DVC = str(Path(sys.executable).with_name("dvc"))
+from conftest import CONF, DVC, SAMPLE, sh
 
 
-def sh(args, cwd):
-    return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def seed_workspace(root: Path) -> list[dict]:
-    """A git + DVC workspace whose data/ holds the sample corpus, and a small held-out file."""
+def seed_workspace(root: Path, persona: dict[str, str] | None = None) -> list[dict]:
+    """A git + DVC workspace whose data/ holds the sample corpus (each record said by ``persona``,
+    if given), and a small held-out file."""
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     sh([*git, "init", "-q"], root)
     sh([DVC, "init", "-q"], root)
     (root / "data" / "seed").mkdir(parents=True)
-    pairs = [d.to_record() for d in load_dialogues(SAMPLE)]
+    pairs = [{**d.to_record(), **(persona or {})} for d in load_dialogues(SAMPLE)]
     (root / "data" / "seed" / "a.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
     (root / "heldout.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs[:8]))
     sh([DVC, "add", "-q", "data"], root)

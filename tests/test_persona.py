@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from hamdam.data.quality import QualityFilter
 from hamdam.data.records import load_dialogues
 from hamdam.evaluation.persona import AddressLexicon, persona_consistency
 from hamdam.persona.card import RELATIONS, PersonaError, card
@@ -141,3 +142,86 @@ def test_a_retired_persona_is_not_served_and_its_farewell_is_the_answer(tmp_path
         assert "خداحافظ پسرم، همیشه تو دلتم." in refused.stderr and not (tmp_path / "chats.db").exists()
     listed = run_hamdam(["persona", "list"], tmp_path)
     assert "retired 2026-12-01" in listed.stdout
+
+
+def _export(tmp_path):
+    """A WhatsApp export in which Baba answers Ali, his son."""
+    exchanges = [("Ali", "سلام بابا جون، خوبی؟"), ("Baba", "سلام پسرم، خوبم. تو خوبی؟ قربونت برم"),
+                 ("Ali", "بابا امروز امتحان داشتم"), ("Baba", "پسرم، نگران نباش، درست می‌شه. قربونت برم")]  # fmt: skip
+    lines = [f"1/{day}/21, 9:1{i} AM - {who}: {text}" for day in range(1, 6) for i, (who, text) in enumerate(exchanges)]
+    path = tmp_path / "chat.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_from_import_proposes_a_card_from_the_loved_ones_own_messages(tmp_path):
+    export = _export(tmp_path)
+    args = ["persona", "from-import", str(export), "--format", "whatsapp", "--speaker", "Baba", "--name", "baba",
+            "--given-by", "سارا", "--consent", "family", f"persona_forms={PERSONAS}"]  # fmt: skip
+    made = run_hamdam(args, tmp_path)
+    assert made.returncode == 0, made.stderr
+    (proposed,) = load_cards(tmp_path / "personas")
+    assert (proposed.relation, proposed.listener, proposed.display_name) == ("father", "son", "Baba")
+    assert proposed.addresses_user == ("پسرم",) and set(proposed.user_calls_them) == {"بابا جون", "بابا"}
+    assert proposed.greetings == ("سلام پسرم",) and proposed.sign_offs == ("قربونت برم",)
+    assert "A PROPOSAL" in (tmp_path / "personas" / "baba.yaml").read_text(encoding="utf-8")
+    # Messages that name no relation: the user is asked to say it, and nothing is written.
+    plain = tmp_path / "plain.txt"
+    plain.write_text("1/1/21, 9:10 AM - Ali: سلام\n1/1/21, 9:11 AM - Baba: سلام، چطوری؟\n", encoding="utf-8")
+    unclear = run_hamdam([*args[:2], str(plain), *args[3:8], "amu", *args[9:]], tmp_path)
+    assert unclear.returncode == 2 and "--relation and --listener" in unclear.stderr
+    assert not (tmp_path / "personas" / "amu.yaml").exists()
+
+
+def test_retire_stops_serving_and_learning_and_deletes_its_words_as_a_new_data_version(workspace):
+    """Retired: refused with its farewell, none of its turns learned; with --delete, none of its
+    words left in the new version of data/ (nor in the chat store), and the other persona's kept."""
+    from hamdam.learning.rounds import ChatTurns, DataVersioner, RoundExporter, RoundFilter
+    from hamdam.learning.store import ChatStore
+    from hamdam.persona.card import PersonaHeader
+
+    from conftest import sh
+
+    (workspace / "personas").mkdir()
+    card_text = (REPO / "personas" / "baba.yaml").read_text(encoding="utf-8")
+    (workspace / "personas" / "baba.yaml").write_text(card_text, encoding="utf-8")
+    records = workspace / "words.jsonl"
+    records.write_text('{"instruction": "بابا کجایی؟", "response": "همین‌جام پسرم، نترس."}\n', encoding="utf-8")
+    imported = run_hamdam(["data", "import", str(records), "--format", "jsonl", "--persona", "baba"], workspace)
+    assert imported.returncode == 0, imported.stderr
+    (source,) = (workspace / "data" / "imports").iterdir()
+    assert json.loads(source.read_text(encoding="utf-8"))["card"] == "baba"
+
+    store = ChatStore(workspace / "chats.db")
+    session = store.start_session("m")
+    baba = PersonaHeader("father", "son", ("پسرم",), "baba")
+    store.add_turn(session, "سلام بابا، دلم برات تنگه", "سلام پسرم، منم دلم تنگته.", "model", "fa", baba)
+    store.add_turn(session, "سلام مامان، خوبی؟", "سلام دخترم، خوبم عزیزم.", "model", "fa", PersonaHeader("mother"))
+    exporter = RoundExporter(store, ChatTurns(), RoundFilter(QualityFilter()), DataVersioner(workspace))
+    exporter.export()
+    rows = [json.loads(line) for line in (workspace / "data" / "rounds" / "0001.jsonl").read_text().splitlines()]
+    assert [(r["persona"], r.get("listener"), r.get("card")) for r in rows] == [
+        ("father", "son", "baba"), ("mother", None, None)]  # fmt: skip
+    later = store.add_turn(session, "بابا امروز چی کار کنم؟", "برو بیرون قدم بزن پسرم.", "model", "fa", baba)
+
+    retired = run_hamdam(["persona", "retire", "baba"], workspace)
+    assert retired.returncode == 0, retired.stderr
+    assert later not in [t.id for t in store.eligible()] and store.chat_messages()[-1][0] == "سلام مامان، خوبی؟"
+    written = (workspace / "personas" / "baba.yaml").read_text(encoding="utf-8")
+    assert written.startswith(card_text.split("\n")[0]) and "retired:" in written  # the family's comments stay
+    refused = run_hamdam(["chat", "persona=baba"], workspace, stdin="سلام\n")
+    assert refused.returncode == 2 and "یادشان در دل‌هایتان" in refused.stderr
+
+    before = sh(["git", "rev-parse", "HEAD"], workspace)
+    deleted = run_hamdam(["persona", "retire", "baba", "--delete"], workspace)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "Deleted 2 record(s) in 2 file(s)" in deleted.stdout and "dvc gc" in deleted.stdout
+    text = "".join(p.read_text(encoding="utf-8") for p in (workspace / "data").rglob("*.jsonl"))
+    assert "پسرم، منم دلم تنگته" not in text and "همین‌جام پسرم" not in text and "سلام دخترم" in text
+    assert sh(["git", "log", "-1", "--format=%s"], workspace) == "data: delete the words of retired persona baba"
+    assert "up to date" in sh(["dvc", "status", "data.dvc"], workspace)
+    assert all(t.card != "baba" for t in store.session_turns(session)) and len(store.session_turns(session)) == 1
+    # The version before still holds them (until `dvc gc`), as the command says.
+    sh(["git", "checkout", "-q", before, "--", "data.dvc"], workspace)
+    sh(["dvc", "checkout", "-q", "data"], workspace)
+    assert "همین‌جام پسرم" in "".join(p.read_text(encoding="utf-8") for p in (workspace / "data").rglob("*.jsonl"))

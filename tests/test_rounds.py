@@ -1,9 +1,6 @@
 """Learning rounds, data side: eligible turns become a DVC version and a git commit, crash-safely."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,25 +12,7 @@ from hamdam.learning.store import ChatStore, GeneratedSample, RoundStatus
 from hamdam.safety.detector import LayeredDetector
 from hamdam.safety.rules import SafetyRules
 
-DVC = str(Path(sys.executable).with_name("dvc"))
-
-
-def sh(args, cwd):
-    args = [DVC, *args[1:]] if args[0] == "dvc" else args
-    return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-@pytest.fixture
-def workspace(tmp_path):
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    sh([*git, "init", "-q"], tmp_path)
-    sh(["dvc", "init", "-q"], tmp_path)
-    (tmp_path / "data" / "seed").mkdir(parents=True)
-    (tmp_path / "data" / "seed" / "a.jsonl").write_text('{"instruction": "سلام", "response": "سلام پسرم"}\n')
-    sh(["dvc", "add", "-q", "data"], tmp_path)
-    sh([*git, "add", "-A"], tmp_path)
-    sh([*git, "commit", "-qm", "seed"], tmp_path)
-    return tmp_path
+from conftest import sh
 
 
 def filled_store(path):

@@ -23,7 +23,7 @@ from hamdam.models.export import read_latest
 from hamdam.selfgen.diversity import diversity_of
 from hamdam.selfgen.loop import generated_records, progress
 
-from conftest import SAMPLE, hamdam_command, run_hamdam
+from conftest import hamdam_command, run_hamdam
 
 
 def _write(path: Path, records: list[dict]) -> None:
@@ -124,18 +124,22 @@ SCRATCH = ["model.backbone.n_layer=2", "model.backbone.n_head=2", "model.backbon
            "callbacks.rich_progress_bar=null", "callbacks.model_checkpoint=null"]  # fmt: skip
 
 
+FATHER = {"persona": "father", "listener": "son"}
+
+
 @pytest.fixture(scope="module")
 def scratch_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("scratch")
-    seed_workspace(root)
-    trained = run_hamdam(["train", f"data.path={SAMPLE}", *SCRATCH], root)
+    seed_workspace(root, FATHER)  # trained with the persona header its rounds will generate under
+    trained = run_hamdam(["train", f"data.path={root / 'data' / 'seed' / 'a.jsonl'}", *SCRATCH], root)
     assert trained.returncode == 0, trained.stderr[-2000:]
     return read_latest(root / "runs")
 
 
 def selfgen_workspace(root: Path, model: Path) -> None:
-    """The seed workspace, serving the trained tiny model (read only: rounds write their own)."""
-    seed_workspace(root)
+    """The seed workspace (a father speaking to his son), serving the trained tiny model (read
+    only: rounds write their own)."""
+    seed_workspace(root, FATHER)
     serve(root / "runs", model, {"chosen": "test"})
 
 
@@ -168,6 +172,8 @@ def test_two_selfgen_runs_make_two_generated_rounds_versioned_tracked_and_restor
     ]
     records = [json.loads(line) for line in (tmp_path / "data" / "generated" / "0001.jsonl").read_text().splitlines()]
     assert len(records) == table[0]["records"] > 0 and {r["origin"] for r in records} == {"generated"}
+    # Each reply was generated under the persona header of its prompt's exchange, and is learned with it.
+    assert {(r["persona"], r["listener"]) for r in records} == {("father", "son")}
     assert generated_records(tmp_path / "data") == table[0]["records"] + table[1]["records"]
 
     runs = _runs(tmp_path)

@@ -357,6 +357,38 @@ def test_a_session_survives_kill_9_and_continues_after_a_restart(tmp_path, model
             "سلام بابا", "یادته؟"]  # fmt: skip
     finally:
         second.stop()
+    with sqlite3.connect(tmp_path / "chats.db") as db:  # the relation read from "بابا", kept across the restart
+        assert db.execute("SELECT relation, listener, card FROM turns ORDER BY id").fetchall() == [
+            ("father", None, None), ("father", None, None)]  # fmt: skip
+
+
+def test_a_persona_card_behind_an_age_gate_is_served_until_it_is_retired(tmp_path, model):
+    (tmp_path / "personas").mkdir()
+    shutil.copy(REPO / "personas" / "baba.yaml", tmp_path / "personas" / "baba.yaml")
+    running = Server(tmp_path, model, "persona=baba", "serve.age_gate=18").wait()
+    try:
+        assert httpx.get(f"{running.url}/info").json()["age_gate"] == 18
+        ask = {"model": "m", "messages": [{"role": "user", "content": "سلام"}]}
+        refused = httpx.post(f"{running.url}/v1/chat/completions", json=ask, timeout=60)
+        assert refused.status_code == 403 and "aged 18 or older" in refused.json()["error"]["message"]
+        confirmed = {"X-Hamdam-Age-Confirmed": "true"}
+        assert httpx.post(f"{running.url}/v1/chat/completions", json=ask, headers=confirmed, timeout=60).is_success
+        with connect(f"ws://127.0.0.1:{running.port}/ws/chat") as ws:
+            ws.send(json.dumps({"message": "سلام"}))
+            assert json.loads(ws.recv(timeout=30))["status"] == 403
+            ws.send(json.dumps({"type": "age", "confirmed": True}))
+            assert json.loads(ws.recv(timeout=30))["ok"]
+            ws.send(json.dumps({"message": "سلام"}))
+            assert _until_done(ws)["type"] == "done"
+        with sqlite3.connect(tmp_path / "chats.db") as db:
+            assert db.execute("SELECT DISTINCT relation, listener, card FROM turns").fetchall() == [
+                ("father", "son", "baba")]  # fmt: skip
+        retired = run_hamdam(["persona", "retire", "baba", "--farewell", "خداحافظ پسرم"], tmp_path)
+        assert retired.returncode == 0, retired.stderr
+        gone = httpx.post(f"{running.url}/v1/chat/completions", json=ask, headers=confirmed, timeout=60)
+        assert gone.status_code == 410 and "خداحافظ پسرم" in gone.json()["error"]["message"]
+    finally:
+        running.stop()
 
 
 @pytest.mark.browser

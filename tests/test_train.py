@@ -109,6 +109,22 @@ def test_lora_fp32_saves_a_peft_adapter_with_trained_weights(compose_cfg, tmp_pa
     assert ckpt["optimizer_states"]
 
 
+def test_gpt2_fa_persona_header_reuses_its_unused_s_token(compose_cfg, tmp_path, tiny_gpt2_dir):
+    """Records that say who speaks to whom train gpt2-fa with the persona header, on a token its
+    vocabulary already has (<s>): no new embedding row, so LoRA alone learns it."""
+    records = [{**d.to_record(), "persona": "father", "listener": "son"} for d in load_dialogues(SAMPLE)]
+    path = tmp_path / "who.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    train(
+        compose_cfg("experiment=smoke", f"model.name_or_path={tiny_gpt2_dir}", f"data.path={path}", *QUICK, "~logger")
+    )
+    exported = load_exported(tmp_path / "run" / "model")
+    fmt = exported.chat_format
+    assert exported.meta["markers"]["persona"] == "<s>" and fmt.persona_id == 0  # gpt2-fa's <s> is id 0
+    assert fmt.header("father", "son")[0] == 0 and fmt.header("father", "son")[-1] == fmt.end_id
+    assert exported.model.get_input_embeddings().weight.shape[0] == len(fmt.tokenizer)  # nothing added
+
+
 def test_nf4_lora_trains_on_cpu_and_saves_a_loadable_adapter(compose_cfg, tmp_path, tiny_gpt2_dir):
     cfg = compose_cfg(*smoke(tiny_gpt2_dir), "model.quantization=nf4", "trainer.limit_train_batches=2", "~logger")
     train(cfg)

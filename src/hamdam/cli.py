@@ -42,6 +42,7 @@ class Option:
     required: bool = False
     type: Callable[[str], Any] = str
     metavar: str = "VALUE"
+    many: bool = False  # positional words (any number, among the KEY=VALUE overrides): key=[...]
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ COMMANDS: tuple[Command, ...] = (
              Option(("--format",), "importer", "the file's format", required=True,
                     metavar="conv|jsonl|whatsapp|telegram"),
              Option(("--speaker",), "speaker", "chat exports: whose words the model learns, as the export "
-                    "spells the name", text=True, metavar="NAME"))),
+                    "spells the name", text=True, metavar="NAME"),
+             Option(("--persona",), "persona", "the persona card these words are (personas/NAME.yaml): its "
+                    "header goes with them, and retiring it can delete them", text=True, metavar="NAME"))),
     Command("learn", "hamdam.learning.engine:learn", "learn", "one learning round from the stored chats, now",
             "hamdam learn"),
     Command("selfgen", "hamdam.selfgen.loop:selfgen", "selfgen",
@@ -130,6 +133,43 @@ COMMANDS: tuple[Command, ...] = (
              Option(("--given-by",), "given_by", "who gave the words", required=True, text=True, metavar="WHO"),
              Option(("--consent",), "consent_role", "donor (the person, while alive) or family", required=True,
                     metavar="donor|family"))),
+    Command("persona retire", "hamdam.persona.retire:retire", "personas",
+            "retire a persona: never served or learned from again, with a farewell; --delete removes its data "
+            "as a new DVC version",
+            "hamdam persona retire baba --farewell 'خداحافظ پسرم'\n  hamdam persona retire baba --delete",
+            (Option(("name",), "name", "the card's name (`hamdam persona list`)", text=True),
+             Option(("--farewell",), "farewell", "the words shown instead of a reply from then on", text=True,
+                    metavar="TEXT"),
+             Option(("--delete",), "delete", "also delete its imported and learned data (a new data version) "
+                    "and its stored chats", switch=True))),
+    Command("persona from-import", "hamdam.persona.proposal:from_import", "personas",
+            "propose a persona card from the loved one's own messages (forms of address, greetings, sign-offs)",
+            "hamdam persona from-import chat.txt --format whatsapp --speaker Baba --name baba "
+            "--given-by 'سارا (دختر)' --consent family\n"
+            "  hamdam persona from-import data/imports/chat-1a2b3c4d5e6f.jsonl --speaker بابا --name baba "
+            "--given-by سارا --consent family",
+            (Option(("path",), "path", "a chat export (with --format), or an imported source under data/imports/",
+                    text=True),
+             Option(("--speaker",), "speaker", "the loved one, as the export spells the name", required=True,
+                    text=True, metavar="NAME"),
+             Option(("--name",), "name", "the new card's name (personas/NAME.yaml)", required=True, text=True),
+             Option(("--format",), "importer", "the file's format (default: hamdam's records, as data/imports/ "
+                    "holds)", metavar="whatsapp|telegram|jsonl"),
+             Option(("--given-by",), "given_by", "who gave the words", required=True, text=True, metavar="WHO"),
+             Option(("--consent",), "consent_role", "donor (the person, while alive) or family", required=True,
+                    metavar="donor|family"),
+             Option(("--relation",), "relation", "who they were to the user, where the messages do not show it"),
+             Option(("--listener",), "listener", "who the user was to them, where the messages do not show it"))),
+    Command("compare", "hamdam.experiments.compare:compare", "compare",
+            "MLflow runs side by side: the parameters that differ, held-out perplexity, distinct-2, persona "
+            "consistency; a plot logged to MLflow",
+            "hamdam compare --top 3\n  hamdam compare --experiment sweeps --top 10\n"
+            "  hamdam compare pipeline-20261126-0712 round-0003",
+            (Option(("runs",), "runs", "run names or ids (`hamdam compare --top 10` shows names)", many=True,
+                    metavar="RUN"),
+             Option(("--experiment",), "experiment", "only this MLflow experiment's runs (train, sweeps, "
+                    "pipeline, rounds)", text=True, metavar="NAME"),
+             Option(("--top",), "top", "the best N runs on rank_by (heldout/ppl)", metavar="N"), JSON)),
     Command("safety classify", "hamdam.safety.classify:classify", "classify",
             "crisis level (crisis/concern/none) of each stdin line, as JSON lines",
             "echo 'دیگه نمی‌خوام زنده باشم' | hamdam safety classify"),
@@ -162,6 +202,9 @@ def parser_for(command: Command) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for option in command.options:
+        if option.many:  # taken from the overrides' list: words without "="
+            parser.usage = f"hamdam {command.name} [{option.metavar} ...] [options] [KEY=VALUE ...]"
+            continue
         if option.switch:
             parser.add_argument(*option.flags, action="store_true", help=option.help)
         elif option.flags[0].startswith("-"):
@@ -179,17 +222,38 @@ def parser_for(command: Command) -> argparse.ArgumentParser:
 def hydra_argv(command: Command, args: argparse.Namespace) -> list[str]:
     """The Hydra command line the parsed arguments stand for."""
     argv = []
+    overrides = list(args.overrides)
     for option in command.options:
+        if option.many:
+            words = [a for a in overrides if not _is_override(a, command)]
+            overrides = [a for a in overrides if a not in words]
+            if words:
+                argv.append(f"{option.key}=[{','.join(_quote(w) for w in words)}]")
+            continue
         value = getattr(args, option.flags[-1].lstrip("-").replace("-", "_"))
         if option.switch:
             argv += [f"{option.key}=true"] if value else []
         elif value is not None:
             argv.append(f"{option.key}={_quote(str(value)) if option.text else value}")
-    argv += [_drop_group(a) for a in args.overrides]
+    argv += [_drop_group(a) for a in overrides]
     argv += ["--multirun"] if args.multirun else []
     argv += ["--cfg", args.cfg] if args.cfg else []
     argv += ["--resolve"] if args.resolve else []
     return argv
+
+
+def _is_override(word: str, command: Command) -> bool:
+    """``key=value`` (``~group``, ``+key=...``) whose key is one of the command's config keys or
+    groups; other words are the command's positional words, even with "=" in them (run names)."""
+    import yaml
+
+    if word.startswith(("~", "+")):
+        return True
+    if "=" not in word:
+        return False
+    spec = yaml.safe_load((config_dir() / f"{command.config}.yaml").read_text(encoding="utf-8")) or {}
+    groups = {next(iter(d)).split("/")[-1].split(" ")[-1] for d in spec.get("defaults", []) if isinstance(d, dict)}
+    return word.split("=", 1)[0].split(".", 1)[0] in {*spec, *groups, "hydra"}
 
 
 def _load(target: str) -> Callable[[DictConfig], Any]:

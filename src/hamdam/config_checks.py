@@ -199,6 +199,10 @@ RULES: dict[str, Rule] = {
     "serve.hold_words": integer(0),
     "serve.sessions_in_memory": integer(1),
     "serve.access_log": BOOLEAN,
+    "serve.age_gate": integer(1, 120, optional=True),
+    "detect_relation": BOOLEAN,
+    "delete": BOOLEAN,
+    "data.relation_only": PROBABILITY,
     # commands' own settings (evaluate, prepare, rounds, stats)
     "json": BOOLEAN,
     "round": integer(0, optional=True),

@@ -12,6 +12,8 @@ from hamdam.data.chat_format import ChatFormat
 from hamdam.data.normalize import normalize_text
 from hamdam.data.records import Turn
 from hamdam.models.generation import Generator
+from hamdam.persona.card import PersonaHeader
+from hamdam.persona.relation import detect_relation
 from hamdam.safety.context import ANSWERED_NO, SessionRisk
 from hamdam.safety.guard import SafetyGuard
 
@@ -45,11 +47,23 @@ class Conversation:
 
     exchanges: list[Exchange] = field(default_factory=list)
     risk: SessionRisk = field(default_factory=SessionRisk)
-    # Who speaks, to whom, with what forms of address (a persona card's): the prompt's persona header.
-    persona: tuple | None = None
+    # Who speaks, to whom, with what forms of address: the prompt's persona header. A persona card's;
+    # without one, the relation the user's first messages name (``detect``), kept once found.
+    persona: PersonaHeader | None = None
+    detect: bool = True
 
     def add(self, message: str, reply: Reply) -> None:
         self.exchanges.append(Exchange(message, reply))
+
+    def persona_for(self, message: str) -> PersonaHeader | None:
+        """The header for the reply to ``message``: the card's, or the relation detected from the
+        user's first messages (``detect_relation`` reads only the first three)."""
+        if self.persona is None and self.detect and len(self.exchanges) < 3:
+            relation = detect_relation([*(e.message for e in self.exchanges), message])
+            if relation is not None:
+                self.persona = PersonaHeader(relation)
+                log.info("no persona card: the user's words name the relation '%s'; kept for this session", relation)
+        return self.persona
 
     @property
     def turns(self) -> list[Turn]:
@@ -127,7 +141,8 @@ class ChatEngine:
         return Reply(text, "model", lang)
 
     def prompt(self, conversation: Conversation, message: str) -> list[int]:
-        header = self.chat_format.header(*conversation.persona) if conversation.persona else []
+        persona = conversation.persona_for(message)
+        header = self.chat_format.header(persona.relation, persona.listener, persona.forms or None) if persona else []
         return self.chat_format.encode_prompt(conversation.turns, message, self.generator.prompt_budget, header)
 
     def generate(self, conversation: Conversation, message: str) -> str:

@@ -17,11 +17,11 @@ from transformers.utils import logging as hf_logging
 from hamdam.chat.commands import FeedbackState, handle
 from hamdam.chat.engine import OUT_OF_PERSONA, ChatEngine, Conversation
 from hamdam.data.normalize import normalize_text
-from hamdam.errors import HamdamError
 from hamdam.learning.champion import champion_dir, serve
 from hamdam.learning.store import ChatStore
 from hamdam.learning.worker import LearningWorker, write_config
 from hamdam.models.export import Exported, load_exported
+from hamdam.persona.card import PersonaHeader
 from hamdam.safety.guard import SafetyGuard
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ def answer(engine: ChatEngine, conversation: Conversation, feedback: FeedbackSta
     reply = engine.respond(conversation, line)
     conversation.add(line, reply)
     if feedback.store is not None and feedback.session_id is not None:
-        feedback.last_turn_id = feedback.store.add_turn(feedback.session_id, line, reply.text, reply.kind, reply.lang)
+        feedback.last_turn_id = feedback.store.add_turn(
+            feedback.session_id, line, reply.text, reply.kind, reply.lang, conversation.persona
+        )
         if feedback.worker is not None:
             feedback.worker.after_turn(feedback.last_turn_id)
     return reply.text
@@ -140,10 +142,10 @@ def run_piped(
     source: TextIO,
     sink: TextIO,
     feedback: FeedbackState | None = None,
-    persona: tuple | None = None,
+    conversation: Conversation | None = None,
 ) -> None:
     """Exactly one output line per input line, so scripts can pair them; context carries across lines."""
-    conversation = Conversation(persona=persona)
+    conversation = conversation or Conversation()
     feedback = feedback or FeedbackState(None, None)
     for number, line in enumerate(source, start=1):
         if "\ufffd" in line:
@@ -180,7 +182,7 @@ def run_terminal(
     reply_prefix: str,
     note: str | None = None,
     feedback: FeedbackState | None = None,
-    persona: tuple | None = None,
+    conversation: Conversation | None = None,
 ) -> None:
     from rich.console import Console
 
@@ -188,7 +190,7 @@ def run_terminal(
     if note:
         console.print(f"[italic]{note}[/italic]")
     console.print("[dim]Ctrl-D or Ctrl-C to leave.[/dim]")
-    conversation = Conversation(persona=persona)
+    conversation = conversation or Conversation()
     feedback = feedback or FeedbackState(None, None)
     while True:
         try:
@@ -209,20 +211,23 @@ def run_terminal(
         console.print(f"[{style}]{reply_prefix}[/{style}]{text}", markup=True)
 
 
-def persona_of(cfg: DictConfig, engine: ChatEngine | None = None) -> tuple[str, str, tuple[str, ...]] | None:
-    """``persona=NAME``: the card's (relation, listener), for the prompt's persona header. A retired
-    card is not served: its farewell is the answer."""
+def persona_of(cfg: DictConfig, engine: ChatEngine | None = None) -> PersonaHeader | None:
+    """``persona=NAME``: the card's header (relation, listener, forms of address). A retired card is
+    not served: its farewell is the answer."""
     if not cfg.get("persona"):
         return None
-    from hamdam.persona.commands import find
+    from hamdam.persona.commands import serving_card
 
-    card = find(Path(cfg.persona_dir), str(cfg.persona))
-    if card.retired:
-        raise HamdamError(f"{card.display_name} ({card.name}) was retired on {card.retired.date} and is no longer "
-                          f"served. {card.retired.farewell}")  # fmt: skip
+    card = serving_card(Path(cfg.persona_dir), str(cfg.persona))
     if engine is not None and engine.chat_format.persona_id is None:
         log.warning("this model was trained without persona headers: the card of %s cannot be given to it", card.name)
-    return card.relation, card.listener, card.addresses_user
+    return card.header
+
+
+def new_conversation(cfg: DictConfig, persona: PersonaHeader | None) -> Conversation:
+    """A conversation under the card's header, or, without a card, one that detects the relation
+    from the user's first messages (``detect_relation``)."""
+    return Conversation(persona=persona, detect=bool(cfg.get("detect_relation", True)))
 
 
 def chat(cfg: DictConfig) -> None:
@@ -231,18 +236,18 @@ def chat(cfg: DictConfig) -> None:
     persona_of(cfg)  # a missing or retired card stops here, before the model is loaded
     model_dir = model_dir_of(cfg)
     engine = build_engine(cfg, model_dir)
-    persona = persona_of(cfg, engine)
+    conversation = new_conversation(cfg, persona_of(cfg, engine))
     note = engine.guard.opening_note() if engine.guard else None
     feedback = start_learning(cfg, model_dir) if cfg.learning.enabled else FeedbackState(None, None)
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="replace")  # bytes that are not UTF-8 become U+FFFD, then dropped
     try:
         if sys.stdin.isatty():
-            run_terminal(engine, cfg.prompt, cfg.reply_prefix, note, feedback, persona)
+            run_terminal(engine, cfg.prompt, cfg.reply_prefix, note, feedback, conversation)
         else:
             if note:  # stdout keeps one line per input line; the note goes to stderr
                 sys.stderr.write(note + "\n")
-            run_piped(engine, sys.stdin, sys.stdout, feedback, persona)
+            run_piped(engine, sys.stdin, sys.stdout, feedback, conversation)
     except KeyboardInterrupt:
         pass
     finally:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from hamdam.data.chat_format import IGNORE_INDEX, ChatFormat, Example
 from hamdam.data.records import Dialogue, load_dialogues
@@ -20,13 +21,13 @@ from hamdam.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def split_key(dialogue: Dialogue) -> float:
+def split_key(dialogue: Dialogue, salt: str = "") -> float:
     """A stable number in [0, 1) from the first user message.
 
     Splitting on the message rather than on the record index puts every duplicate of a message
     on the same side, so the validation split never holds a prompt the model trained on.
     """
-    digest = hashlib.sha256(dialogue.first_user_text.encode("utf-8")).digest()
+    digest = hashlib.sha256((salt + dialogue.first_user_text).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -149,11 +150,13 @@ class PackedCollator:
 
 
 class LengthGroupedSampler(Sampler[int]):
-    """Shuffled order in which each run of ``batch_size`` indices has similar lengths.
+    """Shuffled order in which each run of ``batch_size`` indices has similar lengths: transformers'
+    mega-batch grouping (``get_length_grouped_indices``), drawn from a generator seeded by the epoch.
 
-    Indices are shuffled, cut into mega-batches of ``batch_size * mega_batch_mult``, and each
-    mega-batch is sorted by length, so batches pad little while the epoch order stays random.
-    Yields indices (not batches) so that Lightning can shard it across DDP processes.
+    Why not transformers' ``LengthGroupedSampler`` itself: it draws every epoch from one generator
+    whose state no checkpoint keeps, so a run resumed at epoch N (``ckpt_path=last``) would see other
+    batches than an uninterrupted one; seeded by ``seed + epoch`` (Lightning calls ``set_epoch``), it
+    sees the same. Yields indices (not batches) so that Lightning can shard it across DDP processes.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batch_mult: int = 50):
@@ -170,16 +173,8 @@ class LengthGroupedSampler(Sampler[int]):
         return len(self.lengths)
 
     def __iter__(self) -> Iterator[int]:
-        rng = random.Random(self.seed + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        size = self.batch_size * self.mega_batch_mult
-        for start in range(0, len(order), size):
-            chunk = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
-            batches = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-            rng.shuffle(batches)
-            for batch in batches:
-                yield from batch
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from get_length_grouped_indices(self.lengths, self.batch_size, self.mega_batch_mult, generator)
 
 
 class DialogueDataModule(L.LightningDataModule):
@@ -198,6 +193,7 @@ class DialogueDataModule(L.LightningDataModule):
         packing: bool = False,
         pack_length: int | None = None,
         seed: int = 42,
+        relation_only: float = 0.0,
     ):
         super().__init__()
         self.path = Path(path)
@@ -209,6 +205,7 @@ class DialogueDataModule(L.LightningDataModule):
         self.packing = packing
         self.pack_length = pack_length
         self.seed = seed
+        self.relation_only = relation_only
         dialogues = load_dialogues(self.path)
         if val_path:  # already split (by `hamdam data prepare`)
             self.train_dialogues, self.val_dialogues = dialogues, load_dialogues(val_path)
@@ -240,7 +237,13 @@ class DialogueDataModule(L.LightningDataModule):
     def attach(self, chat_format: ChatFormat) -> None:
         """Encodes both splits with the model's tokenizer and markers."""
         self.chat_format = chat_format
-        self.train_set = EncodedDataset(chat_format.encode_dialogues(self.train_dialogues))
+        train = self.train_dialogues
+        if self.relation_only > 0:
+            # A chat without a persona card knows the relation only (read from the user's words):
+            # a share of the training headers says just that, so the model learns that header too.
+            train = [replace(d, listener=None) if d.listener and split_key(d, "relation-only") < self.relation_only
+                     else d for d in train]  # fmt: skip
+        self.train_set = EncodedDataset(chat_format.encode_dialogues(train))
         self.val_set = EncodedDataset(chat_format.encode_dialogues(self.val_dialogues))
 
     def _loader(self, dataset: EncodedDataset | None, batch_size: int, train: bool) -> DataLoader:

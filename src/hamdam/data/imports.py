@@ -55,7 +55,13 @@ def import_source(cfg: DictConfig) -> Path:
         log.warning("--speaker is ignored for --format %s: its records already say who replies", fmt)
     if spec.get("speaker"):  # --speaker matches without case, so "Mom" and "mom" import the same
         spec["speaker"] = str(spec["speaker"]).strip().casefold()
-    key = import_key(path, {"format": fmt, "scrub_pii": bool(cfg.scrub_pii), **spec})
+    card = None
+    if cfg.get("persona"):
+        from hamdam.persona.commands import serving_card
+
+        card = serving_card(Path(cfg.persona_dir), str(cfg.persona))  # a retired card takes no new words
+    persona = {"persona": card.name} if card else {}
+    key = import_key(path, {"format": fmt, "scrub_pii": bool(cfg.scrub_pii), **spec, **persona})
     dest_dir = Path(cfg.dest_dir)
     existing = sorted(dest_dir.glob(f"*-{key}.jsonl")) if dest_dir.is_dir() else []
     moves: dict[Path, Path] = {}
@@ -70,7 +76,10 @@ def import_source(cfg: DictConfig) -> Path:
             for dialogue in reader.read(path):
                 if cfg.scrub_pii:
                     dialogue = scrub_dialogue(dialogue)
-                out.write(json.dumps(dialogue.to_record(), ensure_ascii=False, sort_keys=True) + "\n")
+                record = dialogue.to_record()
+                if card is not None:  # the card's header, and its name: retiring it can delete these
+                    record.update(persona=card.relation, listener=card.listener, card=card.name)
+                out.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
                 count += 1
             if count == 0:
                 raise DataError(

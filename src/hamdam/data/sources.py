@@ -5,7 +5,9 @@
     data/rounds/*.jsonl     records learned from chats (per record; model replies are "chat")
     data/generated/*.jsonl  the model's own samples (generated)
 
-A record may carry ``"origin": "human" | "chat" | "generated"`` to override its folder's default.
+A record may carry ``"origin": "human" | "chat" | "generated"`` to override its folder's default,
+and ``"card": NAME``: the persona card whose words (or chats) it holds, which retiring the card
+excludes from learning and, on request, deletes.
 Human-written data is never evicted by the cap; model-written data is filtered strictly.
 """
 
@@ -28,6 +30,7 @@ class SourceRecord:
     origin: str
     source: str  # path relative to the data directory, e.g. "rounds/0003.jsonl"
     order: int  # position across all sources: older sources first
+    card: str | None = None  # the persona card these words belong to (imports and chats), if any
 
 
 def source_files(data_dir: Path) -> list[Path]:
@@ -55,5 +58,6 @@ def iter_sources(data_dir: Path) -> Iterator[SourceRecord]:
             origin = value.get("origin", default) if isinstance(value, dict) else default
             if origin not in ORIGINS:
                 raise DataError(f"{where}: origin {origin!r} is not one of {', '.join(ORIGINS)}.")
-            yield SourceRecord(parse_record(value, where), origin, str(path.relative_to(data_dir)), order)
+            card = value.get("card") if isinstance(value, dict) else None
+            yield SourceRecord(parse_record(value, where), origin, str(path.relative_to(data_dir)), order, card)
             order += 1

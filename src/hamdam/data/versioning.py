@@ -16,7 +16,7 @@ import logging
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -50,9 +50,12 @@ def staged_file(root: Path, name: str, mode: int = 0o600) -> Iterator[tuple[Text
         yield handle, path
 
 
-def publish(root: Path, moves: dict[Path, Path], message: str) -> tuple[str | None, str | None]:
-    """Move staged files to their places in ``data/``, then ``dvc add data`` and commit, all under
-    the workspace's version lock; returns (data.dvc md5, git commit). Private folders are 0700."""
+def publish(
+    root: Path, moves: dict[Path, Path], message: str, removals: Iterable[Path] = ()
+) -> tuple[str | None, str | None]:
+    """Move staged files to their places in ``data/`` (and delete ``removals``), then ``dvc add
+    data`` and commit, all under the workspace's version lock; returns (data.dvc md5, git commit).
+    Private folders are 0700."""
     root = Path(root)
     with FileLock(staging_dir(root) / "version.lock"):
         for stale in remove_stale_temp(root / "data"):
@@ -60,6 +63,8 @@ def publish(root: Path, moves: dict[Path, Path], message: str) -> tuple[str | No
         for staged, dest in moves.items():
             dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.replace(staged, dest)
+        for path in removals:
+            Path(path).unlink(missing_ok=True)
         md5 = dvc_add_data(root)
         commit = git_commit_data_dvc(root, message)
     return md5, commit

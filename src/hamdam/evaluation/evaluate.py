@@ -26,7 +26,7 @@ from hamdam.evaluation.persona import AddressLexicon, persona_consistency
 from hamdam.io import write_atomic_text
 from hamdam.models.export import load_exported
 from hamdam.models.generation import Generator
-from hamdam.persona.card import corpus_addresses
+from hamdam.persona.card import RELATIONS, corpus_addresses
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,38 @@ def persona_metrics(cfg: DictConfig, replies: list[str], labels: list[tuple[str,
             "persona_scored": result.replies}  # fmt: skip
 
 
+def persona_prompt_metrics(cfg: DictConfig, generator: Generator) -> tuple[dict[str, float], list[dict]]:
+    """Persona consistency on prompts written apart from the corpus and the metric
+    (``persona_prompts``: a persona, a listener and a user's message each), answered twice: with the
+    pair and its forms of address in the header (as with a persona card), and with the relation
+    only (as when it is read from the user's words), where either listener of that relation fits."""
+    if not cfg.get("persona_prompts") or not Path(cfg.persona_prompts).is_file():
+        return {}, []
+    rows = [json.loads(line) for line in Path(cfg.persona_prompts).read_text(encoding="utf-8").splitlines() if line]
+    chat_format = generator.chat_format
+    forms = corpus_addresses(cfg.persona_lexicon)
+    lexicon = AddressLexicon.from_personas(cfg.persona_lexicon)
+    prompts = [r["prompt"] for r in rows]
+    given = [
+        chat_format.header(r["persona"], r["listener"], forms.get((r["persona"], r["listener"]), ())) for r in rows
+    ]
+    relation_only = [chat_format.header(r["persona"]) for r in rows]
+    with_pair, _ = generate_replies(generator, prompts, cfg.batch_size, given)
+    with_relation, _ = generate_replies(generator, prompts, cfg.batch_size, relation_only)
+    pair = persona_consistency(lexicon, with_pair, [r["listener"] for r in rows])
+    relation = persona_consistency(lexicon, with_relation, [RELATIONS[r["persona"]] for r in rows])
+    metrics = {
+        "persona_prompts_consistency": pair.consistency,
+        "persona_prompts_addressed": pair.addressed,
+        "persona_prompts_relation_only": relation.consistency,
+        "persona_prompts_scored": pair.replies,
+    }
+    samples = [
+        {**r, "reply": a, "reply_relation_only": b} for r, a, b in zip(rows, with_pair, with_relation, strict=True)
+    ]
+    return metrics, samples
+
+
 def output_dir(cfg: DictConfig) -> Path:
     """``out_dir``, else where the model's own results belong: ``pipeline/`` (DVC-tracked) for the
     pipeline's model only, ``<run>/eval/`` beside any other model, so evaluating another model never
@@ -164,6 +196,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics["generated"] = len(replies)
     if labels:
         metrics.update(persona_metrics(cfg, replies, labels))
+    persona_prompts, persona_samples = persona_prompt_metrics(cfg, Generator(model, chat_format, generation))
+    metrics.update(persona_prompts)
 
     out = output_dir(cfg)
     write_atomic_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -172,6 +206,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         for p, r, c in zip(prompts, replies, clean, strict=True)
     )
     write_atomic_text(out / "samples.jsonl", samples)
+    if persona_samples:
+        text = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in persona_samples)
+        write_atomic_text(out / "persona_samples.jsonl", text)
     run_id = training_run_id(cfg.tracking_uri, Path(cfg.model_dir))
     for name, text in loss_curves(cfg.tracking_uri, run_id).items():
         write_atomic_text(out / "plots" / name, text)

@@ -5,6 +5,10 @@ Perplexity is per target token (the replies and their end marker, as trained), s
 set before the exp. The interval is a percentile bootstrap over dialogues, because dialogues, not
 tokens, are what was sampled: a gate reading a 128-dialogue subset should know how wide its
 figure is.
+
+Why not torchmetrics' ``Perplexity`` (or Lightning's validation loop alone): it takes the logits of
+every position, so gpt2-fa's 42,001-way head would run on the prompts too, and it keeps only the
+set's total, where the bootstrap interval needs each dialogue's sum.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ user is. Only vocatives count: a form at the start or end of a sentence or set o
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,18 +61,21 @@ class AddressLexicon:
                 found.append(form)
         return found
 
-    def misfit(self, reply: str, listener: str) -> str | None:
-        """The first form in ``reply`` that addresses someone other than ``listener``, if any."""
+    def misfit(self, reply: str, listener: str | Collection[str]) -> str | None:
+        """The first form in ``reply`` that addresses someone other than ``listener`` (or than any of
+        the listeners given: a relation without its listener), if any."""
+        allowed = {listener} if isinstance(listener, str) else set(listener)
         for form in self.forms(reply):
-            if listener not in self.roles_by_form[form]:
+            if not allowed & self.roles_by_form[form]:
                 return form
         return None
 
 
 def persona_consistency(
-    lexicon: AddressLexicon, replies: Sequence[str], listeners: Sequence[str | None]
+    lexicon: AddressLexicon, replies: Sequence[str], listeners: Sequence[str | Collection[str] | None]
 ) -> Consistency:
-    """Over the replies whose listener is known (None: unknown, left out)."""
+    """Over the replies whose listener is known (None: unknown, left out); a set of listeners where
+    only the relation is given (a father's son or daughter)."""
     scored = misfits = addressed = 0
     examples = []
     for index, (reply, listener) in enumerate(zip(replies, listeners, strict=True)):

@@ -144,7 +144,7 @@ class RoundEngine:
         with self.step("replay"):
             # Model-written samples that made a worse model are not fed back in by later rounds.
             turned_down = {r.source for r in store.rounds(RoundStatus.REJECTED) if r.kind == "generated"}
-            data = self.retrain.data(number, [r.source for r in pending], turned_down)
+            data = self.retrain.data(number, [r.source for r in pending], turned_down, store.retired_cards())
         tags = {"hamdam.round": str(number), "hamdam.round_kind": pending[-1].kind}
         if parent_run:
             tags["mlflow.parentRunId"] = parent_run

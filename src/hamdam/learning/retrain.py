@@ -42,12 +42,17 @@ def template(cfg: DictConfig) -> DictConfig:
 
 
 def replay_sample(
-    data_dir: Path, exclude: set[str], size: int, seed: int, max_generated: int | None = None
+    data_dir: Path,
+    exclude: set[str],
+    size: int,
+    seed: int,
+    max_generated: int | None = None,
+    retired: set[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """``size`` earlier records (seed corpus, imports, older rounds), drawn reproducibly, in the
     proportions of data/ but with at most ``max_generated`` model-generated ones: the rest is human
-    (or chat), so human data is always replayed."""
-    pool = [r for r in iter_sources(data_dir) if r.source not in exclude]
+    (or chat), so human data is always replayed. Nothing of a ``retired`` persona card is drawn."""
+    pool = [r for r in iter_sources(data_dir) if r.source not in exclude and r.card not in retired]
     generated = [r for r in pool if r.origin == "generated"]
     others = [r for r in pool if r.origin != "generated"]
     size = min(size, len(pool))
@@ -58,7 +63,7 @@ def replay_sample(
     n_others = min(size - n_generated, len(others))
     chosen = rng.sample(others, n_others) + rng.sample(generated, min(n_generated, len(generated)))
     chosen.sort(key=lambda r: r.order)
-    return [{**c.dialogue.to_record(), "origin": c.origin} for c in chosen]
+    return [{**c.dialogue.to_record(), "origin": c.origin, **({"card": c.card} if c.card else {})} for c in chosen]
 
 
 @dataclass(frozen=True)
@@ -98,18 +103,22 @@ class Retrainer:
     def work_dir(self, number: int) -> Path:
         return self.rounds_dir / f"{number:04d}"
 
-    def data(self, number: int, sources: list[str], never_replay: set[str] | None = None) -> RoundData:
+    def data(
+        self, number: int, sources: list[str], never_replay: set[str] | None = None, retired: set[str] = frozenset()
+    ) -> RoundData:
         """The round's training file: its records (all pending rounds') plus the replay sample.
 
         Accumulate, never replace: the replay is ``replay_ratio`` x the new records, enlarged if
         needed so that model-generated records (new and replayed) stay within
         ``max_generated_share`` of the whole; the rest of the replay is human-written. Sources in
-        ``never_replay`` (generated rounds the gate rejected) are not drawn.
+        ``never_replay`` (generated rounds the gate rejected) are not drawn, and nothing said to or
+        by a ``retired`` persona card is learned.
         """
         records = [
-            json.loads(line)
+            record
             for source in sorted(sources)
             for line in (self.root / "data" / source).read_text(encoding="utf-8").splitlines()
+            if (record := json.loads(line)).get("card") not in retired
         ]
         share = self.max_generated_share
         new_generated = sum(r.get("origin") == "generated" for r in records)
@@ -118,7 +127,7 @@ class Retrainer:
             size = max(size, math.ceil(new_generated / share) - len(records))
         allowed = math.floor(share * (len(records) + size)) - new_generated
         exclude = set(sources) | set(never_replay or ())
-        replay = replay_sample(self.root / "data", exclude, size, seed=number, max_generated=allowed)
+        replay = replay_sample(self.root / "data", exclude, size, seed=number, max_generated=allowed, retired=retired)
         rows = records + replay
         generated_share = sum(r.get("origin") == "generated" for r in rows) / max(len(rows), 1)
         if generated_share > share + 1e-9:

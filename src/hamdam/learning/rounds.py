@@ -53,7 +53,15 @@ def round_record(turn: StoredTurn) -> dict:
         "response": scrub(reply),
         "origin": "human" if turn.fixed_reply else "chat",
         "turn_id": turn.id,
+        **persona_fields(turn.relation, turn.listener, turn.card),
     }
+
+
+def persona_fields(relation: str | None, listener: str | None, card: str | None) -> dict[str, str]:
+    """A record's persona header (``persona``, ``listener``) and the card it was said to (``card``:
+    what `hamdam persona retire --delete` removes), where known."""
+    fields = {"persona": relation, "listener": listener, "card": card}
+    return {k: v for k, v in fields.items() if v} if relation else {}
 
 
 class ChatTurns:
@@ -83,7 +91,13 @@ class GeneratedSamples:
 
     def candidates(self, store: ChatStore, number: int) -> list[dict]:
         return [
-            {"instruction": s.prompt, "response": s.reply, "origin": "generated", "prompt_origin": s.prompt_origin}
+            {
+                "instruction": s.prompt,
+                "response": s.reply,
+                "origin": "generated",
+                "prompt_origin": s.prompt_origin,
+                **persona_fields(s.relation, s.listener, s.card),
+            }
             for s in store.round_samples(number)
         ]
 

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
 
+from hamdam.persona.card import PersonaHeader
+
 
 class RoundStatus(StrEnum):
     """Where a round is. A crash leaves it where it was; the next cycle carries it on from there."""
@@ -52,7 +54,10 @@ CREATE TABLE IF NOT EXISTS turns (
     lang TEXT NOT NULL,
     rating TEXT,                     -- good | bad | NULL
     fixed_reply TEXT,                -- /fix: the reply to learn instead
-    round_id INTEGER                 -- the learning round that used this turn
+    round_id INTEGER,                -- the learning round that used this turn
+    card TEXT,                       -- the persona card it was answered as (personas/NAME.yaml)
+    relation TEXT,                   -- the persona header: who spoke (the card's, or detected)
+    listener TEXT                    -- ... and to whom (NULL: only the relation was known)
 );
 CREATE INDEX IF NOT EXISTS turns_pending ON turns(round_id) WHERE round_id IS NULL;
 CREATE TABLE IF NOT EXISTS rounds (
@@ -76,7 +81,15 @@ CREATE TABLE IF NOT EXISTS samples (
     round_id INTEGER NOT NULL REFERENCES rounds(id),
     prompt TEXT NOT NULL,
     reply TEXT NOT NULL,
-    prompt_origin TEXT NOT NULL      -- human | model
+    prompt_origin TEXT NOT NULL,     -- human | model
+    relation TEXT,                   -- the persona header it was generated under, if any
+    listener TEXT,
+    card TEXT
+);
+-- Persona cards retired by `hamdam persona retire`: their turns are never learned again.
+CREATE TABLE IF NOT EXISTS retired_cards (
+    card TEXT PRIMARY KEY,
+    retired_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_round ON samples(round_id);
 -- Diversity of a model's replies on the fixed evaluation prompts, measured once per model.
@@ -102,6 +115,7 @@ CREATE TABLE IF NOT EXISTS scores (
 
 # Columns added after the first release: stores written then are upgraded in place.
 _SESSION_COLUMNS = {"client_id": "TEXT", "learn": "INTEGER NOT NULL DEFAULT 1"}
+_TURN_ADDED = {"card": "TEXT", "relation": "TEXT", "listener": "TEXT"}
 _ROUND_COLUMNS = {
     "kind": "TEXT NOT NULL DEFAULT 'chat'",
     "base_dir": "TEXT",
@@ -126,6 +140,14 @@ class StoredTurn:
     lang: str
     rating: str | None
     fixed_reply: str | None
+    card: str | None = None
+    relation: str | None = None
+    listener: str | None = None
+
+    @property
+    def persona(self) -> PersonaHeader | None:
+        """The header this turn was answered under (forms of address are the card's, not stored)."""
+        return PersonaHeader(self.relation, self.listener, card=self.card) if self.relation else None
 
 
 @dataclass(frozen=True)
@@ -149,6 +171,9 @@ class GeneratedSample:
     prompt: str
     reply: str
     prompt_origin: str  # human | model
+    relation: str | None = None  # the persona header it was generated under
+    listener: str | None = None
+    card: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +195,10 @@ class Score:
     tokens: int
 
 
-_TURN_COLUMNS = "t.id, t.session_id, t.message, t.reply, t.kind, t.lang, t.rating, t.fixed_reply"
+_TURN_COLUMNS = (
+    "t.id, t.session_id, t.message, t.reply, t.kind, t.lang, t.rating, t.fixed_reply, t.card, t.relation, t.listener"
+)
+_NOT_RETIRED = "(t.card IS NULL OR t.card NOT IN (SELECT card FROM retired_cards))"
 _ROUND_SELECT = (
     "SELECT id, kind, source, records, status, data_md5, git_commit, base_dir, model_dir, ppl_before, ppl_after, "
     "report FROM rounds"
@@ -200,7 +228,9 @@ class ChatStore:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
-        for table, columns in (("sessions", _SESSION_COLUMNS), ("rounds", _ROUND_COLUMNS)):
+        added = (("sessions", _SESSION_COLUMNS), ("rounds", _ROUND_COLUMNS), ("turns", _TURN_ADDED),
+                 ("samples", {"relation": "TEXT", "listener": "TEXT", "card": "TEXT"}))  # fmt: skip
+        for table, columns in added:
             have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
             for column, declaration in columns.items():
                 if column not in have:
@@ -242,11 +272,16 @@ class ChatStore:
         )
         return [StoredTurn(*row) for row in rows.fetchall()]
 
-    def add_turn(self, session_id: int, message: str, reply: str, kind: str, lang: str) -> int:
+    def add_turn(
+        self, session_id: int, message: str, reply: str, kind: str, lang: str, persona: PersonaHeader | None = None
+    ) -> int:
+        """A completed turn, committed; with the persona header it was answered under."""
+        who = (persona.card, persona.relation, persona.listener) if persona else (None, None, None)
         with self.transaction() as db:
             return db.execute(
-                "INSERT INTO turns(session_id, created_at, message, reply, kind, lang) VALUES (?, ?, ?, ?, ?, ?)",
-                (session_id, _now(), message, reply, kind, lang),
+                "INSERT INTO turns(session_id, created_at, message, reply, kind, lang, card, relation, listener) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, _now(), message, reply, kind, lang, *who),
             ).lastrowid
 
     def rate(self, turn_id: int, rating: str) -> None:
@@ -273,7 +308,8 @@ class ChatStore:
         return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM turns").fetchone()[0]
 
     def eligible(self, include_unrated: bool = True, up_to: int | None = None) -> list[StoredTurn]:
-        """Turns a round may learn from: not yet used, not /bad, not forgotten, not crisis.
+        """Turns a round may learn from: not yet used, not /bad, not forgotten, not crisis, not
+        answered as a retired persona.
 
         Only ordinary model turns qualify (not crisis, identity or withheld replies); an unrated
         one only when ``include_unrated`` (the seed learned from every reply).
@@ -283,7 +319,7 @@ class ChatStore:
             SELECT {_TURN_COLUMNS}
             FROM turns t JOIN sessions s ON s.id = t.session_id
             WHERE t.round_id IS NULL AND s.forgotten = 0 AND s.learn = 1 AND t.kind = 'model'
-              AND (t.rating IS NULL OR t.rating = 'good') AND t.id <= ?
+              AND (t.rating IS NULL OR t.rating = 'good') AND t.id <= ? AND {_NOT_RETIRED}
             ORDER BY t.id
             """,
             (up_to if up_to is not None else 2**62,),
@@ -316,27 +352,46 @@ class ChatStore:
             )
             db.executemany("UPDATE turns SET round_id = ? WHERE id = ?", [(number, t) for t in turn_ids])
             db.executemany(
-                "INSERT INTO samples(round_id, prompt, reply, prompt_origin) VALUES (?, ?, ?, ?)",
-                [(number, s.prompt, s.reply, s.prompt_origin) for s in samples],
+                "INSERT INTO samples(round_id, prompt, reply, prompt_origin, relation, listener, card) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(number, s.prompt, s.reply, s.prompt_origin, s.relation, s.listener, s.card) for s in samples],
             )
         return number
 
     def round_samples(self, number: int) -> list[GeneratedSample]:
         rows = self.db.execute(
-            "SELECT prompt, reply, prompt_origin FROM samples WHERE round_id = ? ORDER BY id", (number,)
+            "SELECT prompt, reply, prompt_origin, relation, listener, card FROM samples WHERE round_id = ? ORDER BY id",
+            (number,),
         )
         return [GeneratedSample(*row) for row in rows.fetchall()]
 
-    def chat_messages(self) -> list[str]:
-        """What people wrote in ordinary turns they did not take back (/bad, /forget): human prompts."""
+    def chat_messages(self) -> list[tuple[str, PersonaHeader | None]]:
+        """What people wrote in ordinary turns they did not take back (/bad, /forget), not to a
+        retired persona, with the header each was answered under: human prompts."""
         rows = self.db.execute(
-            """
-            SELECT t.message FROM turns t JOIN sessions s ON s.id = t.session_id
+            f"""
+            SELECT t.message, t.card, t.relation, t.listener FROM turns t JOIN sessions s ON s.id = t.session_id
             WHERE s.forgotten = 0 AND s.learn = 1 AND t.kind = 'model' AND (t.rating IS NULL OR t.rating = 'good')
+              AND {_NOT_RETIRED}
             ORDER BY t.id
             """
         )
-        return [row[0] for row in rows.fetchall()]
+        return [(m, PersonaHeader(r, who, card=c) if r else None) for m, c, r, who in rows.fetchall()]
+
+    # --- persona cards ------------------------------------------------------------------------
+
+    def retire_card(self, card: str, delete: bool = False) -> int:
+        """Never learn from the turns answered as ``card`` again; with ``delete``, remove those turns
+        (what was said to it) from this store as well. Returns the turns deleted."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO retired_cards(card, retired_at) VALUES (?, ?)", (card, _now()))
+            if not delete:
+                return 0
+            db.execute("DELETE FROM samples WHERE card = ?", (card,))
+            return db.execute("DELETE FROM turns WHERE card = ?", (card,)).rowcount
+
+    def retired_cards(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT card FROM retired_cards")}
 
     def mark_versioned(self, number: int, records: int, data_md5: str | None, git_commit: str | None) -> None:
         with self.transaction() as db:

@@ -36,6 +36,18 @@ class PersonaError(HamdamError):
 
 
 @dataclass(frozen=True)
+class PersonaHeader:
+    """What a conversation's persona header says: who speaks (``relation``), to whom (``listener``,
+    None when only the relation is known: detected from the user's words), with what forms of
+    address (a card's; empty: the model's own), and the card it came from, if any."""
+
+    relation: str
+    listener: str | None = None
+    forms: tuple[str, ...] = ()
+    card: str | None = None
+
+
+@dataclass(frozen=True)
 class Consent:
     """Who gave the words: the ``donor`` (the person themself, while alive) or a ``family`` member
     who imported them; when; and who may talk to the persona."""
@@ -65,12 +77,19 @@ class PersonaCard:
     register: str = ""  # how they spoke: dialect, formality
     facts: tuple[str, ...] = ()
     sayings: tuple[str, ...] = ()
+    greetings: tuple[str, ...] = ()  # how they opened a conversation
+    sign_offs: tuple[str, ...] = ()  # how they ended one
+    imports: tuple[str, ...] = ()  # their imported words (data/imports/...): deleted with `retire --delete`
     consent: Consent | None = None
     retired: Retirement | None = None
 
     @property
     def active(self) -> bool:
         return self.retired is None
+
+    @property
+    def header(self) -> PersonaHeader:
+        return PersonaHeader(self.relation, self.listener, self.addresses_user, self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +138,9 @@ def card(name: str, **spec: Any) -> PersonaCard:
         register=spec.get("register") or "",
         facts=tuple(spec.get("facts") or ()),
         sayings=tuple(spec.get("sayings") or ()),
+        greetings=tuple(spec.get("greetings") or ()),
+        sign_offs=tuple(spec.get("sign_offs") or ()),
+        imports=tuple(spec.get("imports") or ()),
         consent=Consent(
             consent["given_by"], consent["role"], str(consent["date"]), tuple(consent.get("may_talk") or ())
         )

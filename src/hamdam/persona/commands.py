@@ -17,16 +17,38 @@ from hamdam.persona.card import PersonaCard, PersonaError, card
 
 def load_cards(folder: Path) -> list[PersonaCard]:
     """Every card in ``folder`` (``personas/``), checked; a broken one is an error naming it."""
-    cards = []
-    for path in sorted(Path(folder).glob("*.yaml")):
-        try:
-            spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise PersonaError(f"The persona card {path} cannot be read ({err}). Fix the YAML and run again.") from None
-        if not isinstance(spec, dict):
-            raise PersonaError(f"The persona card {path} must be a mapping of keys (display_name, relation, ...).")
-        cards.append(card(path.stem, **{k: v for k, v in spec.items() if not k.startswith("_")}))
-    return cards
+    return [_parse(path) for path in sorted(Path(folder).glob("*.yaml"))]
+
+
+def _spec(path: Path) -> dict:
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise PersonaError(f"The persona card {path} cannot be read ({err}). Fix the YAML and run again.") from None
+    if not isinstance(spec, dict):
+        raise PersonaError(f"The persona card {path} must be a mapping of keys (display_name, relation, ...).")
+    return spec
+
+
+def _parse(path: Path) -> PersonaCard:
+    return card(path.stem, **{k: v for k, v in _spec(path).items() if not k.startswith("_")})
+
+
+def read_card(folder: Path, name: str) -> PersonaCard:
+    """The card ``personas/NAME.yaml`` alone, checked."""
+    path = Path(folder) / f"{name}.yaml"
+    if not NAME.match(name) or not path.is_file():
+        return find(folder, name)  # names the cards there
+    return _parse(path)
+
+
+def serving_card(folder: Path, name: str) -> PersonaCard:
+    """The card ``persona=NAME`` serves; a retired one is refused with its farewell."""
+    card_ = read_card(folder, name)
+    if card_.retired:
+        raise PersonaError(f"{card_.display_name} ({card_.name}) was retired on {card_.retired.date} and is no "
+                           f"longer served. {card_.retired.farewell}")  # fmt: skip
+    return card_
 
 
 def find(folder: Path, name: str) -> PersonaCard:
@@ -68,6 +90,11 @@ def show_persona(cfg: DictConfig) -> PersonaCard:
     if shown.register:
         lines.append(f"  how they spoke: {shown.register}")
     lines += [f"  fact: {fact}" for fact in shown.facts] + [f"  saying: {s}" for s in shown.sayings]
+    if shown.greetings or shown.sign_offs:
+        lines.append(
+            f"  greetings: {'، '.join(shown.greetings) or '-'}; sign-offs: {'، '.join(shown.sign_offs) or '-'}"
+        )
+    lines += [f"  imported words: {path}" for path in shown.imports]
     if shown.consent:
         who = "the donor, while alive" if shown.consent.role == "donor" else "a family member"
         lines.append(f"  consent: given by {shown.consent.given_by} ({who}) on {shown.consent.date}; "
@@ -84,8 +111,8 @@ def show_persona(cfg: DictConfig) -> PersonaCard:
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def new_persona(cfg: DictConfig) -> Path:
-    """A new card, checked like any other before it is written; never over an existing one."""
+def new_card_path(cfg: DictConfig) -> tuple[str, Path]:
+    """The name and file of a card to write (``cfg.name``): a valid name, and no card there yet."""
     name = str(cfg.name or "")
     if not NAME.match(name):
         raise PersonaError(f"The persona name {name!r} must be 1 to 64 letters, digits, '-' or '_' (it names the "
@@ -93,36 +120,40 @@ def new_persona(cfg: DictConfig) -> Path:
     path = Path(cfg.persona_dir) / f"{name}.yaml"
     if path.exists():
         raise PersonaError(f"{path} exists already. Edit it, or choose another name.")
+    return name, path
+
+
+def draft(cfg: DictConfig, **fields: object) -> dict:
+    """A new card's keys: ``fields`` over empty ones for the family to fill, with today's consent by
+    ``cfg.given_by`` (``cfg.consent_role``)."""
+    consent = {"given_by": str(cfg.given_by or ""), "role": cfg.consent_role, "date": dt.date.today().isoformat(),
+               "may_talk": []}  # fmt: skip
+    empty = {"language": "fa", "gender": None, "register": "", "facts": [], "sayings": []}
+    return {**empty, **fields, "consent": consent, "retired": None}
+
+
+def write_card(path: Path, name: str, spec: dict, header: str) -> Path:
+    """Check the card (every problem in one paragraph) before anything is written, then write it."""
+    card(name, **spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic_text(path, header + yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+    return path
+
+
+def new_persona(cfg: DictConfig) -> Path:
+    """A new card, checked like any other before it is written; never over an existing one."""
+    name, path = new_card_path(cfg)
 
     def forms(value: object) -> list[str]:
         return [f.strip() for f in str(value or "").replace("،", ",").split(",") if f.strip()]
 
-    spec = {
-        "display_name": str(cfg.display_name or ""),
-        "relation": cfg.relation,
-        "listener": cfg.listener,
-        "addresses_user": forms(cfg.calls_user),
-        "user_calls_them": forms(cfg.called),
-        "language": "fa",
-        "gender": None,
-        "register": "",
-        "facts": [],
-        "sayings": [],
-        "consent": {
-            "given_by": str(cfg.given_by or ""),
-            "role": cfg.consent_role,
-            "date": dt.date.today().isoformat(),
-            "may_talk": [],
-        },  # fmt: skip
-        "retired": None,
-    }
-    card(name, **spec)  # every problem in one paragraph, before anything is written
+    spec = draft(cfg, display_name=str(cfg.display_name or ""), relation=cfg.relation, listener=cfg.listener,
+                 addresses_user=forms(cfg.calls_user), user_calls_them=forms(cfg.called))  # fmt: skip
     header = (
         f"# Persona card '{name}', written by `hamdam persona new`. Complete it: gender (male/female), how they\n"
         "# spoke (register), a few facts and memories, a few of their sayings, and who may talk to it\n"
         "# (consent.may_talk). `hamdam persona show " + name + "` shows it.\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic_text(path, header + yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+    write_card(path, name, spec, header)
     sys.stdout.write(f"wrote {path}\n")
     return path

@@ -6,7 +6,8 @@ collect, for a generated round:
    by the served model (continuing a human exchange with a new user turn) and admitted only if
    novel against every prompt in data/ and the chats (``PromptPool``: ROUGE-L, MinHash, crisis
    screen); the rest drawn from human prompts (the corpus, imports, what people wrote in chats);
-2. replies from the served model with the persona's sampling settings (conf/generation);
+2. replies from the served model with the persona's sampling settings (conf/generation), each under
+   the persona header of the exchange its prompt came from (stored with the sample);
 3. ``SampleFilter``: quality, clean ending, output guard, crisis detector, a perplexity band set
    from the served model's perplexity of human replies, and dedupe against every reply in data/.
 
@@ -31,18 +32,29 @@ from transformers import GenerationConfig
 from hamdam.data.normalize import normalize_text
 from hamdam.data.quality import QualityFilter
 from hamdam.data.records import Dialogue
-from hamdam.data.sources import iter_sources
+from hamdam.data.sources import SourceRecord, iter_sources
 from hamdam.evaluation.evaluate import generate_replies
 from hamdam.learning.champion import champion_dir
 from hamdam.learning.rounds import GeneratedSamples
 from hamdam.learning.store import ChatStore, GeneratedSample
 from hamdam.models.export import load_exported
 from hamdam.models.generation import Generator
+from hamdam.persona.card import PersonaHeader
 from hamdam.safety.pii import scrub
 from hamdam.selfgen.filters import Sample, SampleFilter, reply_perplexities
 from hamdam.selfgen.prompts import PromptPool
 
 log = logging.getLogger(__name__)
+
+
+def header_of(record: SourceRecord) -> PersonaHeader | None:
+    dialogue = record.dialogue
+    return PersonaHeader(dialogue.persona, dialogue.listener, card=record.card) if dialogue.persona else None
+
+
+def sample_origin(prompt_origin: str, header: PersonaHeader | None) -> tuple:
+    """A stored sample's prompt origin and persona header columns."""
+    return (prompt_origin, *((header.relation, header.listener, header.card) if header else (None, None, None)))
 
 
 class SelfGenerated(GeneratedSamples):
@@ -93,28 +105,32 @@ class SelfGenerated(GeneratedSamples):
         model, chat_format = exported.model, exported.chat_format
         model.eval()
 
-        sources = list(iter_sources(self.data_dir))
-        human = [r.dialogue for r in sources if r.origin == "human" and len(r.dialogue.turns) > 1]
-        chats = [normalize_text(m) for m in store.chat_messages()]
+        retired = store.retired_cards()
+        sources = [r for r in iter_sources(self.data_dir) if r.card not in retired]
+        human = [r for r in sources if r.origin == "human" and len(r.dialogue.turns) > 1]
+        chats = [(normalize_text(m), header) for m, header in store.chat_messages()]
         pool = PromptPool(self.max_rouge_l, self.near_duplicate, self.safety)
-        pool.extend([r.dialogue.first_user_text for r in sources] + chats)
+        pool.extend([r.dialogue.first_user_text for r in sources] + [m for m, _ in chats])
 
-        written = self._model_prompts(model, chat_format, human, pool, rng)
-        human_prompts = [d.first_user_text for d in human] + chats
+        # Each prompt keeps the persona header of the exchange it came from: replies are generated
+        # under it and learned with it.
+        written = self._model_prompts(model, chat_format, [r.dialogue for r in human], pool, rng)
+        human_prompts = [(r.dialogue.first_user_text, header_of(r)) for r in human] + chats
         drawn = rng.sample(human_prompts, min(self.samples - len(written), len(human_prompts)))
-        prompts = [(p, "model") for p in written] + [(p, "human") for p in drawn]
+        prompts = [(p, "model", h) for p, h in written] + [(p, "human", h) for p, h in drawn]
 
         generator = Generator(model, chat_format, self.generation)
-        replies, ended = generate_replies(generator, [p for p, _ in prompts], self.batch_size)
+        headers = [chat_format.header(h.relation, h.listener, h.forms or None) if h else [] for _, _, h in prompts]
+        replies, ended = generate_replies(generator, [p for p, _, _ in prompts], self.batch_size, headers)
         candidates = [
-            Sample(p, scrub(normalize_text(r)), e) for (p, _), r, e in zip(prompts, replies, ended, strict=True)
+            Sample(p, scrub(normalize_text(r)), e) for (p, _, _), r, e in zip(prompts, replies, ended, strict=True)
         ]
 
-        band = self._band(model, chat_format, human, rng)
+        band = self._band(model, chat_format, [r.dialogue for r in human], rng)
         known = [t.text for r in sources for t in r.dialogue.turns[1::2]]
         select = SampleFilter(self.quality, self.safety, band, known, self.near_duplicate)
         kept = select(candidates, model, chat_format)
-        origin = dict(prompts)
+        origin = {p: (o, h) for p, o, h in prompts}
         report = Counter({"candidates": len(candidates), "model_prompts": len(written)})
         report.update({f"prompt_{k}": v for k, v in pool.dropped.items()})
         report.update(select.report)
@@ -122,11 +138,14 @@ class SelfGenerated(GeneratedSamples):
         log.info("generated %d candidates, kept %d: %s", len(candidates), len(kept), summary)
         if not kept:
             return None
-        rows = [GeneratedSample(s.prompt, s.reply, origin.get(s.prompt, "human")) for s in kept]
+        rows = [GeneratedSample(s.prompt, s.reply, *sample_origin(*origin[s.prompt])) for s in kept]
         return store.open_round(self.kind, samples=rows, report=summary, folder=self.folder)
 
-    def _model_prompts(self, model, chat_format, human: list[Dialogue], pool: PromptPool, rng) -> list[str]:
-        """New user messages the model writes after a human exchange, kept only if novel and safe."""
+    def _model_prompts(
+        self, model, chat_format, human: list[Dialogue], pool: PromptPool, rng
+    ) -> list[tuple[str, PersonaHeader | None]]:
+        """New user messages the model writes after a human exchange, kept only if novel and safe;
+        each with the exchange's persona header."""
         wanted = round(self.samples * self.model_prompt_share)
         if wanted <= 0 or not human:
             return []
@@ -134,7 +153,7 @@ class SelfGenerated(GeneratedSamples):
         config.max_new_tokens = self.prompt_max_new_tokens
         generator = Generator(model, chat_format, config)
         half = max((generator.prompt_budget - 4) // 2, 1)
-        kept: list[str] = []
+        kept: list[tuple[str, PersonaHeader | None]] = []
         tries = 0
         while len(kept) < wanted and tries < wanted * self.prompt_attempts:
             batch = min(self.batch_size, wanted * self.prompt_attempts - tries)
@@ -145,12 +164,12 @@ class SelfGenerated(GeneratedSamples):
                  *chat_format.encode_text(d.turns[1].text)[:half], chat_format.end_id, chat_format.user_id]
                 for d in contexts
             ]  # fmt: skip
-            for ids in generator.generate(encoded):
+            for context, ids in zip(contexts, generator.generate(encoded), strict=True):
                 text = normalize_text(chat_format.decode_reply(ids))
                 if not generator.ended(ids):
                     pool.dropped["no_clean_end"] += 1
                 elif pool.offer(text).kept:
-                    kept.append(text)
+                    kept.append((text, PersonaHeader(context.persona, context.listener) if context.persona else None))
                 if len(kept) == wanted:
                     break
         return kept

@@ -137,10 +137,16 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
+AGE_HEADER = "X-Hamdam-Age-Confirmed"
+
+
 def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> FastAPI:
     key = api_key(cfg)
     limits = RateLimit(float(cfg.serve.rate_limit.per_minute), int(cfg.serve.rate_limit.burst))
     max_tokens, max_chars = int(cfg.serve.max_tokens), int(cfg.serve.max_message_chars)
+    # serve.age_gate: a confirmation each client asks its user for (the page asks on the first visit).
+    age_gate = int(cfg.serve.age_gate) if cfg.serve.get("age_gate") else None
+    age_refusal = f"This companion talks only with people aged {age_gate} or older (serve.age_gate)."
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -157,7 +163,7 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
             CORSMiddleware,
             allow_origins=list(cfg.serve.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Session-ID"],
+            allow_headers=["Authorization", "Content-Type", "X-Session-ID", AGE_HEADER],
             expose_headers=["X-Session-ID"],
         )
     app.add_middleware(BodyLimit, limit=int(cfg.serve.max_request_bytes))
@@ -217,6 +223,7 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
             "ready": service.ready,
             "model": service.model_id,
             "auth_required": key is not None,
+            "age_gate": age_gate,
             "disclosure": disclosure.get(lang) or disclosure.get(default_lang),
             "resources": resources.get(lang) or resources.get(default_lang, []),
         }
@@ -236,6 +243,8 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
         except ValueError:
             raise RequestError(400, "The request body is not JSON. Send a chat completion request as JSON.") from None
         parsed = parse_request(body, max_tokens, max_chars)
+        if age_gate and request.headers.get(AGE_HEADER, "").strip().lower() != "true":
+            raise RequestError(403, age_refusal + f" An API client asks its user, then sends '{AGE_HEADER}: true'.")
         session = service.admit(request.headers.get("x-session-id") or parsed.session_id)
         completion = Completion(service.model_id)
         events, result = _run(service, session, parsed.messages[-1].text, sampling_of(parsed), history_of(parsed))
@@ -292,6 +301,7 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
             await socket.close(code=4403)
             return
         ok = authorized(socket.headers.get("authorization"))
+        old_enough = not age_gate or socket.headers.get(AGE_HEADER, "").strip().lower() == "true"
         session_id = socket.query_params.get("session") or None
         try:
             while True:
@@ -312,6 +322,14 @@ def create_app(cfg: DictConfig, service: ChatService, load: bool = True) -> Fast
                     )
                     await socket.close(code=4401)
                     return
+                if payload.get("type") == "age":  # the page asked its user (serve.age_gate)
+                    old_enough = payload.get("confirmed") is True
+                    await socket.send_json({"type": "age", "ok": old_enough})
+                    continue
+                if not old_enough and payload.get("message") is not None:
+                    await socket.send_json(_ws_error(403, age_refusal + ' Send {"type": "age", "confirmed": true} '
+                                                     "after asking the user."))  # fmt: skip
+                    continue
                 wait = limits.wait(_client(socket))
                 if wait:
                     await socket.send_json(_ws_error(429, f"Too many messages; try again in {math.ceil(wait)} s."))

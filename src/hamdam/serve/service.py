@@ -28,10 +28,13 @@ from transformers import GenerationConfig, StoppingCriteriaList, set_seed
 
 from hamdam.chat.commands import FeedbackState, handle
 from hamdam.chat.engine import ChatEngine, Conversation, Reply
+from hamdam.chat.session import new_conversation
 from hamdam.data.normalize import normalize_text
 from hamdam.errors import HamdamError
 from hamdam.learning.champion import champion_dir
 from hamdam.learning.store import ChatStore
+from hamdam.persona.card import PersonaHeader
+from hamdam.persona.commands import serving_card
 from hamdam.serve.stream import ReplyStream
 
 log = logging.getLogger(__name__)
@@ -171,7 +174,7 @@ class ChatService:
         self.worker = None
         self.parent_run: str | None = None
         self.unloadable: Path | None = None  # a promoted model that failed to load: not tried again
-        self.persona: tuple | None = None  # persona=NAME: every session's header
+        self.persona: PersonaHeader | None = None  # persona=NAME: every session's header
 
     # --- the model ----------------------------------------------------------------------------
 
@@ -247,10 +250,15 @@ class ChatService:
         client_id = self.check_id(client_id) or secrets.token_urlsafe(18)
         if not self.ready:
             raise RequestError(503, "The model is still loading; try again in a few seconds.", retry_after=2)
+        if self.persona is not None:  # a card retired while serving is not served from then on
+            try:
+                serving_card(Path(self.cfg.persona_dir), str(self.persona.card))
+            except HamdamError as err:
+                raise RequestError(410, str(err)) from None
         with self.sessions_lock:
             session = self.sessions.get(client_id)
             if session is None:
-                session = self.sessions[client_id] = Session(client_id, Conversation(persona=self.persona))
+                session = self.sessions[client_id] = Session(client_id, new_conversation(self.cfg, self.persona))
             self.sessions.move_to_end(client_id)
             if not session.busy.acquire(blocking=False):
                 raise RequestError(409, "A reply in this session is still being written; wait for it, then send.")
@@ -295,6 +303,9 @@ class ChatService:
             if stored is not None:
                 turns = self.store.session_turns(stored)
                 self._replay(session, [(t.message, t.reply, t.kind) for t in turns])
+                detected = next((t.persona for t in reversed(turns) if t.persona and not t.card), None)
+                if session.conversation.persona is None and detected is not None:
+                    session.conversation.persona = detected  # the relation found before the restart
                 session.last_turn_id = turns[-1].id if turns else None
                 session.store_id = stored
                 return False
@@ -368,7 +379,9 @@ class ChatService:
                 if not (stream.ended or stream.stopped):
                     finish = "length"
         with self.store_lock:  # committed before the client is sent the end of the reply
-            turn_id = self.store.add_turn(session.store_id, message, reply.text, reply.kind, reply.lang)
+            turn_id = self.store.add_turn(
+                session.store_id, message, reply.text, reply.kind, reply.lang, session.conversation.persona
+            )
             if self.worker is not None:
                 self.worker.after_turn(turn_id)
         session.conversation.add(message, reply)

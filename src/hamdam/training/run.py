@@ -183,7 +183,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
 
     logger = None
-    if cfg.get("logger"):
+    if cfg.get("logger") and "_target_" in cfg.logger:  # logger=null leaves an experiment's keys behind
         logger = instantiate(cfg.logger, run_name=tracking.run_name(cfg), experiment_name=tracking.experiment_name(cfg))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     measured = None

@@ -80,6 +80,15 @@ def _multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def mlflow_logger(parent_run: str | None = None, tags: dict[str, str] | None = None, **kwargs: Any) -> MLFlowLogger:
+    """Lightning's MLFlowLogger, its run nested under ``parent_run`` when given (a searched sweep's
+    study run: ``logger.parent_run``)."""
+    tags = dict(tags or {})
+    if parent_run:
+        tags["mlflow.parentRunId"] = str(parent_run)
+    return MLFlowLogger(tags=tags or None, **kwargs)
+
+
 def experiment_name(cfg: DictConfig) -> str:
     """``logger.experiment_name``, else by purpose: the jobs of ``-m`` in "sweeps", others in "train"."""
     return str(cfg.logger.get("experiment_name") or (SWEEPS_EXPERIMENT if _multirun() else TRAIN_EXPERIMENT))
@@ -102,7 +111,8 @@ def run_name(cfg: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     job = HydraConfig.get().job
-    swept = ",".join(o for o in job.override_dirname.split(",") if o and "/" not in o)  # paths are noise
+    # Paths and the study's run id are noise in a name.
+    swept = ",".join(o for o in job.override_dirname.split(",") if o and "/" not in o and "parent_run=" not in o)
     return f"{name}-{job.num}" + (f"-{swept}" if swept else "")[:200]
 
 

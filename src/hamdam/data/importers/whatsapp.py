@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
+import jdatetime
+
 from hamdam.data.importers.chat_export import ChatExportReader, Message, clean_name
 from hamdam.errors import DataError
 
@@ -40,17 +42,8 @@ _PM = ("p", "ب")
 
 
 def jalali_to_gregorian(jy: int, jm: int, jd: int) -> date:
-    """The Gregorian date of a Jalali (Solar Hijri) one, by the 33-year arithmetic leap rule.
-
-    Hand-written (a dozen lines) rather than a dependency for one conversion.
-    """
-    y = jy + 1595
-    days = 365 * y + (y // 33) * 8 + ((y % 33) + 3) // 4 + jd + ((jm - 1) * 31 if jm < 7 else (jm - 7) * 30 + 186)
-    return date.fromordinal(days + _JALALI_OFFSET)
-
-
-# Calibrated on 1 Farvardin 1403 = 20 March 2024 (the day count above is linear in days).
-_JALALI_OFFSET = date(2024, 3, 20).toordinal() - (365 * 2998 + (2998 // 33) * 8 + ((2998 % 33) + 3) // 4 + 1)
+    """The Gregorian date of a Jalali (Solar Hijri) one, as Persian phones write export dates."""
+    return jdatetime.date(jy, jm, jd).togregorian()
 
 
 @dataclass

@@ -10,6 +10,9 @@ const TEXT = {
     fix: "اصلاح", fixPrompt: "جواب بهتر را بنویس:", crisis: "لطفاً همین حالا با یک آدم واقعی حرف بزن:",
     keyLabel: "کلید دسترسی این سرور:", keySave: "ذخیره", busy: "سرور الان شلوغه؛ چند لحظه دیگه دوباره می‌فرستم…",
     loading: "مدل در حال آماده شدنه…", lost: "ارتباط قطع شد؛ دوباره وصل می‌شم…", error: "خطا: ",
+    ageQuestion: (n) => `این گفت‌وگو برای کسانی است که ${n} سال یا بیشتر دارند. ${n} سال یا بیشتر داری؟`,
+    ageYes: "بله", ageNo: "نه",
+    ageRefused: "این گفت‌وگو برای تو نیست. اگر دلت گرفته، با یک بزرگ‌تر که به او اعتماد داری حرف بزن، یا با این‌ها:",
   },
   zh: {
     dir: "ltr", title: "伴侣", other: "فارسی", otherHref: "?lang=fa", send: "发送", placeholder: "写点什么…",
@@ -17,6 +20,8 @@ const TEXT = {
     fixPrompt: "写下更好的回答：", crisis: "请现在就联系一个真实的人：", keyLabel: "此服务器的访问密钥：",
     keySave: "保存", busy: "服务器正忙，稍后自动重发…", loading: "模型正在加载…", lost: "连接已断开，正在重连…",
     error: "错误：",
+    ageQuestion: (n) => `此对话仅面向${n}岁及以上的人。你是否已满${n}岁？`, ageYes: "是", ageNo: "否",
+    ageRefused: "这个对话不适合你。如果你心里难过，请和你信任的大人谈谈，或联系：",
   },
 };
 
@@ -24,13 +29,14 @@ const params = new URLSearchParams(location.search);
 const lang = params.get("lang") === "zh" ? "zh" : "fa";
 const t = TEXT[lang];
 const $ = (id) => document.getElementById(id);
-const store = { session: `hamdam.session.${lang}`, key: "hamdam.key" };
+const store = { session: `hamdam.session.${lang}`, key: "hamdam.key", age: "hamdam.age" };
 
 let socket = null;
 let sessionId = localStorage.getItem(store.session);
 let writing = null;   // the bubble being written
 let pending = null;   // a message waiting for the server (resent after a 429)
 let authRequired = false;
+let ageGate = null;  // serve.age_gate: the age a user confirms before the chat opens
 
 function applyLanguage() {
   document.documentElement.lang = lang;
@@ -152,6 +158,7 @@ function connect() {
   socket.addEventListener("open", () => {
     const key = sessionStorage.getItem(store.key);
     if (key) socket.send(JSON.stringify({ type: "auth", key }));
+    if (ageGate) socket.send(JSON.stringify({ type: "age", confirmed: true }));
     status("");
   });
   socket.addEventListener("message", onEvent);
@@ -162,6 +169,7 @@ function connect() {
 async function restore() {
   if (!sessionId) return;
   const response = await fetch(`/v1/sessions/${encodeURIComponent(sessionId)}`, { headers: authHeaders() });
+  if (response.status === 403) return;
   if (response.status === 404) { localStorage.removeItem(store.session); sessionId = null; return; }
   if (!response.ok) return;
   const { turns } = await response.json();
@@ -181,9 +189,41 @@ async function start() {
   authRequired = info.auth_required;
   if (authRequired && !sessionStorage.getItem(store.key)) $("key-form").hidden = false;
   if (!info.ready) status(t.loading);
+  ageGate = info.age_gate;
+  if (ageGate && localStorage.getItem(store.age) !== String(ageGate)) {
+    askAge(info);  // nothing opens (no history, no socket) until the user answers
+    return;
+  }
+  await open(info);
+}
+
+async function open(info) {
   const turns = (await restore()) || [];
   if (turns.some((turn) => turn.kind === "crisis")) showCrisis(info.resources);
   connect();
+}
+
+function askAge(info) {
+  $("age-question").textContent = t.ageQuestion(info.age_gate);
+  $("age-yes").textContent = t.ageYes;
+  $("age-no").textContent = t.ageNo;
+  $("age-gate").hidden = false;
+  $("composer").hidden = true;
+  $("age-yes").addEventListener("click", () => {
+    localStorage.setItem(store.age, String(info.age_gate));
+    $("age-gate").hidden = true;
+    $("composer").hidden = false;
+    open(info);
+  });
+  $("age-no").addEventListener("click", () => {
+    $("age-refused").textContent = t.ageRefused;
+    const list = $("age-resources");
+    list.replaceChildren(...info.resources.map((r) => { const li = document.createElement("li"); li.textContent = r; return li; }));
+    $("age-refused").hidden = false;
+    list.hidden = false;
+    $("age-yes").hidden = true;
+    $("age-no").hidden = true;
+  });
 }
 
 $("composer").addEventListener("submit", (event) => {
