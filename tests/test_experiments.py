@@ -72,3 +72,21 @@ def test_an_optuna_search_nests_its_trials_under_the_study_resumes_and_compare_r
     assert by_name.returncode == 0 and [row["run"] for row in json.loads(by_name.stdout)] == names
     missing = run_hamdam(["compare", "no-such-run"], tmp_path)
     assert missing.returncode == 2 and "No MLflow run 'no-such-run'" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_through_submitit_runs_its_jobs_as_parallel_processes(tmp_path):
+    """hydra-submitit-launcher's local mode (its SLURM mode submits the same jobs to a cluster): two
+    jobs at once build the shared stand-in model and open the MLflow store without colliding."""
+    swept = run_hamdam(["train", "-m", "hydra/launcher=submitit_local", *SEARCH[3:], "model.lora.r=2,4"], tmp_path)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    finished = sorted(r[1].split("model.lora.r=")[1][0] for r in runs(tmp_path) if r[2] == "FINISHED")
+    assert finished == ["2", "4"] and all(r[3] == "sweeps" for r in runs(tmp_path))
+    assert len(list(tmp_path.glob("runs/multirun-*/.submitit/*/*_result.pkl"))) == 2  # two submitit jobs
+
+
+def test_the_cluster_launcher_composes_as_submitit_slurm(tmp_path):
+    shown = run_hamdam(["train", "hydra/launcher=cluster", "--cfg", "hydra"], tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in shown.stdout
+    assert "gpus_per_node: 1" in shown.stdout and "timeout_min: 240" in shown.stdout

@@ -56,6 +56,11 @@ def ensure_tiny_gpt2(
         tokenizer.save_pretrained(staging)
         staging.chmod(0o755)  # mkdtemp makes it private; a model directory is shared like any other
         staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if (target / "config.json").is_file():  # a sweep's other job built it meanwhile: the same model
+            return target
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -86,7 +86,25 @@ def mlflow_logger(parent_run: str | None = None, tags: dict[str, str] | None = N
     tags = dict(tags or {})
     if parent_run:
         tags["mlflow.parentRunId"] = str(parent_run)
+    prepare_store(kwargs.get("tracking_uri"))
     return MLFlowLogger(tags=tags or None, **kwargs)
+
+
+def prepare_store(tracking_uri: str | None) -> None:
+    """Create (or upgrade) a SQLite tracking store under a file lock: MLflow builds its tables on
+    first use, and two jobs doing that at once (a sweep's parallel launcher) collide ("duplicate
+    column name")."""
+    if not tracking_uri or not str(tracking_uri).startswith("sqlite:///"):
+        return
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    path = Path(str(tracking_uri).removeprefix("sqlite:///"))
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        MlflowClient(tracking_uri=str(tracking_uri)).search_experiments(max_results=1)
 
 
 def experiment_name(cfg: DictConfig) -> str:
