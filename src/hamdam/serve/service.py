@@ -175,6 +175,7 @@ class ChatService:
         self.parent_run: str | None = None
         self.unloadable: Path | None = None  # a promoted model that failed to load: not tried again
         self.persona: PersonaHeader | None = None  # persona=NAME: every session's header
+        self._card_checked: int | None = None  # the card file's mtime when it was last found servable
 
     # --- the model ----------------------------------------------------------------------------
 
@@ -250,11 +251,7 @@ class ChatService:
         client_id = self.check_id(client_id) or secrets.token_urlsafe(18)
         if not self.ready:
             raise RequestError(503, "The model is still loading; try again in a few seconds.", retry_after=2)
-        if self.persona is not None:  # a card retired while serving is not served from then on
-            try:
-                serving_card(Path(self.cfg.persona_dir), str(self.persona.card))
-            except HamdamError as err:
-                raise RequestError(410, str(err)) from None
+        self._check_card()
         with self.sessions_lock:
             session = self.sessions.get(client_id)
             if session is None:
@@ -272,6 +269,24 @@ class ChatService:
                     break
                 del self.sessions[oldest]  # its turns are in the store; it is restored if it returns
         return session
+
+    def _check_card(self) -> None:
+        """A card retired while serving is not served from then on (410, with its farewell). The
+        card is read again only when its file has changed, not on every request."""
+        if self.persona is None:
+            return
+        path = Path(self.cfg.persona_dir) / f"{self.persona.card}.yaml"
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            stamp = None  # gone: serving_card names the problem
+        if stamp is not None and stamp == self._card_checked:
+            return
+        try:
+            serving_card(Path(self.cfg.persona_dir), str(self.persona.card))
+        except HamdamError as err:
+            raise RequestError(410, str(err)) from None
+        self._card_checked = stamp
 
     def _stored_session(self, client_id: str) -> int:
         """The store's row of a session (for history and feedback); 404 if there is none."""
