@@ -219,7 +219,7 @@ CASES: list[tuple[str, list[str], str, str, str]] = [
         "full export",
     ),
     # chat: model folders, settings
-    ("chat-no-model", ["chat"], "سلام\n", "No model is served yet", "hamdam use latest"),
+    ("chat-no-model", ["chat"], "سلام\n", "No model is served yet", "hamdam use NAME"),
     ("chat-model-dir-missing", ["chat", "model_dir=/nonexistent/model"], "سلام\n", "/nonexistent/model", "model_dir"),
     (
         "chat-crafted-folder",

@@ -77,8 +77,8 @@ def test_missing_model_is_one_paragraph_without_traceback(tmp_path):
 def test_chat_without_a_trained_model_says_what_to_do(tmp_path):
     result = run_hamdam(["chat"], tmp_path, stdin="سلام\n")
     assert result.returncode == 2
-    assert "No model is served yet" in result.stderr and "make run" in result.stderr
-    assert "hamdam use latest" in result.stderr
+    assert "No model is served yet" in result.stderr and "hamdam train" in result.stderr
+    assert "hamdam use NAME" in result.stderr
 
 
 @pytest.mark.slow
@@ -153,7 +153,7 @@ def test_ddp_trains_with_two_spawned_cpu_processes(tmp_path):
             "train",
             "experiment=smoke",
             *FAST,
-            "trainer=ddp",
+            "trainer=ddp_spawn",
             "trainer.accelerator=cpu",
             "trainer.devices=2",
             "trainer.precision=32-true",

@@ -40,7 +40,8 @@ def clone(tmp_path_factory):
         if src.is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, root / name)
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HAMDAM_CONF_DIR": str(root / "conf")}
+    # hamdam reads the clone's conf/ (a workspace's conf/ comes before the package's).
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env["HF_HUB_OFFLINE"] = "1"
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     sh([*git, "init", "-q"], root, env)
@@ -134,3 +135,58 @@ def test_local_remote_push_and_pull_restore_data_byte_identical(clone):
     after = {p.relative_to(root): p.read_bytes() for p in sorted((root / "data").rglob("*")) if p.is_file()}
     assert after == before
     assert json.loads(sh(["dvc", "status", "data.dvc", "--json"], root, env).stdout) == {}
+
+
+def _experiments(shown: list) -> dict[str, dict]:
+    """name -> its run's state, params and metrics, from `dvc exp show --json`."""
+    found = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                data = rev.get("data") or {}
+                found[rev["name"]] = {"state": (experiment.get("executor") or {}).get("state"),
+                                      "params": data.get("params", {}), "metrics": data.get("metrics", {})}  # fmt: skip
+    return found
+
+
+@pytest.mark.slow
+def test_dvc_experiments_queue_run_show_and_apply(clone):
+    """`dvc exp run --queue -S ...` twice and `dvc queue start`: both run the pipeline on the changed
+    Hydra config, `dvc exp show` gives each one's parameter and metrics, and `dvc exp apply` puts one's
+    config and results back in the workspace."""
+    import time
+
+    root, env, git = clone
+    if not (root / "pipeline" / "model").exists():  # run alone, not after the repro test
+        if not (root / "data").exists():
+            sh(["hamdam", "data", "build"], root, env)
+        sh(["dvc", "repro"], root, env)
+    sh(["git", "checkout", "-q", "--", "conf"], root, env)
+    sh([*git, "add", "-A"], root, env)
+    sh([*git, "commit", "-qm", "before experiments", "--allow-empty"], root, env)
+    key = "conf/experiment/pipeline.yaml:trainer.limit_train_batches"
+    for batches in (2, 3):
+        sh(["dvc", "exp", "run", "--queue", "-S", f"{key}={batches}", "-n", f"batches-{batches}"], root, env)
+    sh(["dvc", "queue", "start", "-j", "1"], root, env)
+    deadline, status = time.monotonic() + 900, ""
+    while time.monotonic() < deadline:
+        status = sh(["dvc", "queue", "status"], root, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    found = _experiments(json.loads(sh(["dvc", "exp", "show", "--json"], root, env).stdout))
+    assert {"batches-2", "batches-3"} <= set(found), status
+    for name, batches in (("batches-2", 2), ("batches-3", 3)):
+        assert found[name]["state"] == "success", sh(["dvc", "queue", "logs", name], root, env, check=False).stdout
+        params = found[name]["params"]["conf/experiment/pipeline.yaml"]["data"]
+        assert params["trainer"]["limit_train_batches"] == batches
+        metrics = found[name]["metrics"]["pipeline/metrics.json"]["data"]
+        assert metrics["eval_perplexity"] > 1 and metrics["generated"] == 6
+    two = found["batches-2"]["metrics"]["pipeline/metrics.json"]["data"]["eval_perplexity"]
+    assert two != found["batches-3"]["metrics"]["pipeline/metrics.json"]["data"]["eval_perplexity"]
+
+    sh(["dvc", "exp", "apply", "batches-2"], root, env)
+    applied = (root / "conf" / "experiment" / "pipeline.yaml").read_text(encoding="utf-8")
+    assert applied.startswith("# @package _global_") and "limit_train_batches: 2" in applied
+    assert json.loads((root / "pipeline" / "metrics.json").read_text())["eval_perplexity"] == pytest.approx(two)
+    assert json.loads(sh(["dvc", "status", "--json"], root, env).stdout) == {}

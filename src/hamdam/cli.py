@@ -26,6 +26,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from hamdam import config_search
 from hamdam.config_checks import check
 from hamdam.errors import HamdamError
 
@@ -57,6 +58,12 @@ class Command:
 
 JSON = Option(("--json",), "json", "print JSON instead of a table", switch=True)
 COMMANDS: tuple[Command, ...] = (
+    Command("init", "hamdam.workspace:init", "init",
+            "create a workspace: git, DVC with a local remote, the sample corpus, a conf/ of your own",
+            "hamdam init ~/hamdam-baba\n  cd ~/hamdam-baba && hamdam train experiment=smoke && hamdam chat",
+            (Option(("dir",), "dir", "the folder to create (or an empty one)", text=True),
+             Option(("--remote",), "remote", "the DVC remote's URL (default: DIR/.dvc-storage)", text=True,
+                    metavar="URL"))),
     Command("train", "hamdam.training.run:train", "train", "train a model from the composed config",
             "hamdam train experiment=smoke\n  hamdam train trainer.max_epochs=3 data.path=my.json\n"
             "  hamdam train -m model.lora.r=8,16 model=gpt2_fa_qlora   # a sweep"),
@@ -179,12 +186,6 @@ COMMANDS: tuple[Command, ...] = (
 BY_NAME = {c.name: c for c in COMMANDS}
 
 
-def config_dir() -> Path:
-    """``$HAMDAM_CONF_DIR``, else the ``conf/`` of the checkout hamdam is installed from."""
-    env = os.environ.get("HAMDAM_CONF_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in hamdam's one-paragraph form (exit status 2)."""
 
@@ -251,7 +252,7 @@ def _is_override(word: str, command: Command) -> bool:
         return True
     if "=" not in word:
         return False
-    spec = yaml.safe_load((config_dir() / f"{command.config}.yaml").read_text(encoding="utf-8")) or {}
+    spec = yaml.safe_load(config_search.config_file(f"{command.config}.yaml").read_text(encoding="utf-8")) or {}
     groups = {next(iter(d)).split("/")[-1].split(" ")[-1] for d in spec.get("defaults", []) if isinstance(d, dict)}
     return word.split("=", 1)[0].split(".", 1)[0] in {*spec, *groups, "hydra"}
 
@@ -270,9 +271,10 @@ def run(command: str, argv: list[str] | None = None) -> None:
     # time (Lightning's) are replaced by conf/hydra/job_logging rather than doubling each line.
     task = _load(spec.target)
     sys.argv = [f"hamdam {command}", *overrides]
+    config_search.register()
     precheck(command, spec.config, overrides)
 
-    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=spec.config)
+    @hydra.main(version_base="1.3", config_path=config_search.PACKAGE_CONF, config_name=spec.config)
     def _app(cfg: DictConfig) -> Any:
         try:
             check(cfg)  # again: a sweep's jobs are only composed here
@@ -295,12 +297,12 @@ def precheck(command: str, config_name: str, overrides: list[str]) -> None:
     """
     if any(a.startswith("-") for a in overrides):
         return
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        with initialize_config_module(config_module="hamdam.conf", version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
         check(cfg)
     except (HydraException, OmegaConfBaseException) as err:
@@ -365,7 +367,7 @@ def _quote(value: str) -> str:
 def _drop_group(arg: str) -> str:
     """``logger=null`` drops the config group (Hydra itself only accepts ``~logger`` for that)."""
     key, sep, value = arg.partition("=")
-    if sep and value == "null" and (config_dir() / key).is_dir():
+    if sep and value == "null" and config_search.config_file(key).is_dir():
         return f"~{key}"
     return arg
 

@@ -98,14 +98,19 @@ def data_dvc_md5(text: str) -> str | None:
 def git_commit_data_dvc(root: Path, message: str) -> str | None:
     """Commit ``data.dvc`` when the workspace is a git repository and it changed; returns HEAD, or
     None outside git."""
-    git = ["git", "-C", str(root)]
-    if subprocess.run([*git, "rev-parse", "--git-dir"], capture_output=True).returncode != 0:
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "--git-dir"], capture_output=True).returncode != 0:
         return None
-    identity = subprocess.run([*git, "config", "user.email"], capture_output=True, text=True).stdout.strip()
-    if not identity:  # a workspace without a git identity still gets its data commits
-        git += ["-c", "user.name=hamdam", "-c", "user.email=hamdam@localhost"]
+    git = git_command(root)
     subprocess.run([*git, "add", "data.dvc"], check=True, capture_output=True)
     staged = subprocess.run([*git, "diff", "--cached", "--quiet", "--", "data.dvc"], capture_output=True)
     if staged.returncode != 0:
         subprocess.run([*git, "commit", "-q", "-m", message, "--", "data.dvc"], check=True, capture_output=True)
     return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def git_command(root: Path) -> list[str]:
+    """``git -C root``, with hamdam's identity where the user has none: a workspace without a git
+    identity still gets its data commits."""
+    git = ["git", "-C", str(root)]
+    identity = subprocess.run([*git, "config", "user.email"], capture_output=True, text=True).stdout.strip()
+    return git if identity else [*git, "-c", "user.name=hamdam", "-c", "user.email=hamdam@localhost"]

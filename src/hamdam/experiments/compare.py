@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 COMPARISONS_EXPERIMENT = "comparisons"
 # Parameters that differ between any two runs and say nothing about the model.
-NOISE = ("paths.", "run_name", "export_dir", "logger.", "hydra", "init_from", "ckpt_path", "data.path",
+NOISE = ("paths.", "run_name", "run_prefix", "export_dir", "logger.", "hydra", "init_from", "ckpt_path", "data.path",
          "data.val_path", "heldout.path", "callbacks.", "record_latest", "trainer.default_root_dir")  # fmt: skip
 
 

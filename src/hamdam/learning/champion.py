@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hamdam.errors import ModelLoadError
-from hamdam.models.export import write_pointer
+from hamdam.models.export import LATEST_FILE, write_pointer
 
 CHAMPION_FILE = "champion.json"
 # The DVC pipeline's model, beside the runs directory: served until something else is chosen.
@@ -32,10 +32,17 @@ def served(runs_dir: Path) -> tuple[Path, dict[str, Any]]:
     default = pipeline_model(runs_dir)
     if (default / "hamdam.json").is_file():
         return default, {"default": "pipeline"}
+    # A workspace without the DVC pipeline (`hamdam init`): the model its latest `hamdam train` wrote.
+    latest = Path(runs_dir) / LATEST_FILE
+    if latest.is_file():
+        model_dir = Path(json.loads(latest.read_text(encoding="utf-8"))["model_dir"])
+        if (model_dir / "hamdam.json").is_file():
+            return model_dir, {"default": "latest"}
     raise ModelLoadError(
-        f"No model is served yet: there is no {pointer} and no pipeline model at {default}. Run `make run` "
-        "(or `dvc repro`) to train the pipeline model, or choose one: `hamdam use latest` serves the model "
-        "the latest `hamdam train` wrote (`hamdam models` lists them all), or pass model_dir=/path/to/model."
+        f"No model is served yet: there is no {pointer}, no pipeline model at {default} and no model "
+        "trained here. Run `hamdam train` (in a checkout, `make run` trains the pipeline model), or "
+        "choose one: `hamdam models` lists them and `hamdam use NAME` serves one, or pass "
+        "model_dir=/path/to/model."
     )
 
 
@@ -56,6 +63,8 @@ def unserve(runs_dir: Path) -> None:
 
 def why(info: dict[str, Any]) -> str:
     """The reason a model is served, in words."""
+    if info.get("default") == "latest":
+        return "the latest model `hamdam train` wrote, nothing else being chosen"
     if info.get("default"):
         return "the pipeline's model (nothing else chosen)"
     if info.get("rollback") is not None:

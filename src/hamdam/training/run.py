@@ -1,14 +1,24 @@
-"""``hamdam train``: compose the objects the config names, fit, export, track."""
+"""``hamdam train``: compose the objects the config names, fit, export, track.
+
+Under torchrun or srun (``trainer=ddp``) every rank runs all of this: each builds the same data,
+tokenizer and model (DDP checks that the shapes agree), and trains its shard; rank 0 alone writes the
+run's files, opens the MLflow run, measures the held-out set and exports the model.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 from transformers import AutoTokenizer
@@ -133,6 +143,66 @@ def load_heldout(cfg: DictConfig) -> list[Dialogue] | None:
     return load_dialogues(path)
 
 
+def check_launch(trainer: L.Trainer) -> None:
+    """Plain DDP or FSDP over several devices started as one command: Lightning would start the other
+    ranks by re-running this process's command line, which ``hamdam``'s is not (its command word is
+    gone from it), and the children would die at start. Say how to start it instead."""
+    launcher = trainer.strategy.launcher
+    if (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and not launcher.cluster_environment.creates_processes_externally  # torchrun, srun: they did
+        and trainer.num_devices > 1
+    ):
+        name = getattr(trainer.strategy, "strategy_name", type(trainer.strategy).__name__)
+        raise HamdamError(
+            f"strategy {name} over {trainer.num_devices} devices needs one process per device, started by a "
+            f"launcher: `torchrun --nproc_per_node {trainer.num_devices} -m hamdam train ...`, or srun under "
+            "SLURM. To start DDP from this one command (a notebook), use trainer=ddp_spawn."
+        )
+
+
+def check_sharding(trainer: L.Trainer, network: torch.nn.Module) -> None:
+    """FSDP flattens the weights of each wrapped block into one tensor; bitsandbytes' 4-bit weights, as
+    hamdam loads them (uint8 storage, no ``bnb_4bit_quant_storage``), cannot be flattened with the rest."""
+    if isinstance(trainer.strategy, FSDPStrategy) and any(type(m).__name__ == "Linear4bit" for m in network.modules()):
+        raise HamdamError(
+            "trainer=fsdp cannot shard a 4-bit (NF4) base model. Pass model.quantization=none (LoRA on the "
+            "base in full or half precision, sharded), or train QLoRA with trainer=ddp (each GPU holds the "
+            "whole 4-bit base)."
+        )
+
+
+def trained_network(
+    trainer: L.Trainer, module: DialogueLM, rebuild: Callable[[], torch.nn.Module]
+) -> torch.nn.Module | None:
+    """The trained network to export, on rank 0 (None on the others). Under FSDP the module holds
+    this rank's shards inside FSDP wrappers: every rank takes part in gathering the full weights,
+    which rank 0 loads into a fresh, unwrapped copy built by ``rebuild``."""
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return module.model if trainer.is_global_zero else None
+    state = trainer.strategy.lightning_module_state_dict()  # a collective; the full dict on rank 0 only
+    if not trainer.is_global_zero:
+        return None
+    network = rebuild()
+    network.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    return network
+
+
+def drop_stray_run_dir(own: Path, run_dir: Path) -> None:
+    """A rank's own run directory when it is not rank 0's (the run's): run_name's ``${now:...}`` is
+    read as each rank starts, and a rank that started a second later named another folder. Every file
+    of the run is rank 0's, so this one holds only that rank's Hydra files (``.hydra``, its log):
+    removed, so that one run leaves one folder. Anything else in it is kept, with a warning."""
+    if not own.is_dir() or own.resolve() == run_dir.resolve():
+        return
+    others = [p.name for p in own.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+    if others:
+        log.warning("Run directory %s of this rank is not the run's (%s) and holds %s: left as it is",
+                    own, run_dir, ", ".join(sorted(others)))  # fmt: skip
+        return
+    shutil.rmtree(own, ignore_errors=True)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train once; returns the final metrics (for sweeps), ``heldout/ppl`` among them."""
     L.seed_everything(cfg.seed, workers=True)
@@ -148,9 +218,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     markers: RoleMarkers = RoleMarkers(**init.meta["markers"]) if init else instantiate(cfg.model.markers)
     max_length = init.meta["max_length"] if init else cfg.model.max_length
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "model_name.txt").write_text(str(cfg.model.name), encoding="utf-8")
-    (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    # rank_zero_only.rank: Lightning's, read from the launcher's environment (0 when there is none).
+    writes = rank_zero_only.rank == 0  # the run's files are rank 0's (under torchrun, every rank gets here)
+    if writes:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "model_name.txt").write_text(str(cfg.model.name), encoding="utf-8")
+        (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     if cfg.model.get("bootstrap") is not None:
         instantiate(cfg.model.bootstrap)(texts=datamodule.train_texts())
     if init is not None:
@@ -162,19 +235,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("Resuming from %s", checkpoint)
     else:
         tokenizer = instantiate(cfg.model.tokenizer)(texts=datamodule.train_texts(), markers=markers)
-    tokenizer.save_pretrained(output_dir / "tokenizer")
+    if writes:
+        tokenizer.save_pretrained(output_dir / "tokenizer")
     chat_format = ChatFormat(tokenizer, markers, max_length)
     forms = cfg.model.get("persona_forms")
     if forms and Path(forms).is_file():  # the header's forms of address for records that give a pair
         chat_format.addresses = corpus_addresses(forms)
     datamodule.attach(chat_format)
 
-    if init is not None:
-        network = init.model
-    else:
-        network = instantiate(cfg.model.backbone)(tokenizer=tokenizer)
-        if cfg.model.get("lora") is not None:
-            network = apply_lora(network, instantiate(cfg.model.lora))
+    def build_network() -> torch.nn.Module:
+        if init is not None:
+            return load_exported(cfg.init_from, trainable=True).model
+        built = instantiate(cfg.model.backbone)(tokenizer=tokenizer)
+        return apply_lora(built, instantiate(cfg.model.lora)) if cfg.model.get("lora") is not None else built
+
+    network = init.model if init is not None else build_network()
     network.train()  # from_pretrained leaves eval mode (no dropout); Lightning keeps the mode it finds
     module = DialogueLM(
         network,
@@ -191,33 +266,48 @@ def train(cfg: DictConfig) -> dict[str, float]:
         measured = HeldoutPerplexity(heldout, chat_format, int(cfg.heldout.batch_size), output_dir / "heldout.json")
         callbacks.append(measured)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger if logger else False, callbacks=callbacks)
+    check_launch(trainer)
+    check_sharding(trainer, network)
     if logger is not None:
-        tags = {"hamdam.resumed_from": str(checkpoint)} if checkpoint else {}
+        tags = {"hamdam.world_size": str(trainer.world_size)}
+        tags |= {"hamdam.resumed_from": str(checkpoint)} if checkpoint else {}
         tracking.log_run_start(logger, cfg, datamodule.path, tags)
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        if trainer.is_global_zero:
-            model_dir = export_model(
-                module.model,
-                tokenizer,
-                markers,
-                max_length,
-                Path(cfg.export_dir),
-                backbone=init.meta["backbone"] if init else backbone_record(cfg),
-                # No run id or time in here: the same training gives the same bytes (DVC, diffs);
-                # the MLflow run points at the model instead (tag hamdam.model_dir).
-                extra={"model_name": cfg.model.name},
-            )
-            metrics.update(measured.metrics if measured is not None else {})
-            if logger is not None:
-                tracking.log_run_outputs(logger, output_dir / "resolved_config.yaml", model_dir)
-            if cfg.get("record_latest", True):
-                write_latest(Path(cfg.paths.runs_dir), model_dir, {"model_name": cfg.model.name})
+        network = trained_network(trainer, module, build_network)
+        if measured is not None and network is not None and isinstance(trainer.strategy, FSDPStrategy):
+            measured.measure(trainer, network.to(trainer.strategy.root_device))  # see HeldoutPerplexity
+        run_dir = Path(trainer.strategy.broadcast(str(output_dir)))  # rank 0's: the run's
+        try:
+            if trainer.is_global_zero:
+                model_dir = export_model(
+                    network,
+                    tokenizer,
+                    markers,
+                    max_length,
+                    Path(cfg.paths.root_dir, cfg.export_dir),  # a relative one is under the workspace
+                    backbone=init.meta["backbone"] if init else backbone_record(cfg),
+                    # No run id or time in here: the same training gives the same bytes (DVC, diffs);
+                    # the MLflow run points at the model instead (tag hamdam.model_dir).
+                    extra={"model_name": cfg.model.name},
+                )
+                metrics.update(measured.metrics if measured is not None else {})
+                if logger is not None:
+                    tracking.log_run_outputs(logger, output_dir / "resolved_config.yaml", model_dir)
+                if cfg.get("record_latest", True):
+                    write_latest(Path(cfg.paths.runs_dir), model_dir, {"model_name": cfg.model.name})
+        finally:
+            # The other ranks wait for rank 0 (also when it failed, so that none waits on it forever):
+            # when train() returns on any rank, the model and runs/latest.json are there.
+            trainer.strategy.barrier("hamdam.export")
     except BaseException as error:
         if logger is not None:
             tracking.mark_failed(logger, error)
         raise
+    if not trainer.is_global_zero:
+        drop_stray_run_dir(output_dir, run_dir)
+        return metrics
     log.info("Finished: %s", ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     return metrics

@@ -1,7 +1,9 @@
 """What goes into each MLflow run besides Lightning's metrics: params, tags, artifacts, status.
 
 The run itself is Lightning's ``MLFlowLogger`` (configured by ``conf/logger``), so metrics are
-logged from rank 0 only and a crash inside ``fit`` marks the run FAILED. A SIGKILL leaves no chance
+logged from rank 0 only and a crash inside ``fit`` marks the run FAILED. Every rank builds the logger
+(under torchrun each runs ``hamdam train``), but only rank 0's opens a run: Lightning's creates it on
+rank 0 only, and everything here that writes to the store is ``rank_zero_only``. A SIGKILL leaves no chance
 to mark anything, so every run hamdam opens records its process (``owner_tags``), and every command
 that opens a run first marks KILLED the runs whose process is gone (``close_dead_runs``).
 """
@@ -86,6 +88,8 @@ def mlflow_logger(parent_run: str | None = None, tags: dict[str, str] | None = N
     tags = dict(tags or {})
     if parent_run:
         tags["mlflow.parentRunId"] = str(parent_run)
+    # On every rank: Lightning's MLFlowLogger opens the store (a client) on every rank, and under
+    # torchrun the ranks would otherwise race to create a new SQLite store's tables.
     prepare_store(kwargs.get("tracking_uri"))
     return MLFlowLogger(tags=tags or None, **kwargs)
 
