@@ -226,7 +226,8 @@ def hydra_argv(command: Command, args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     for option in command.options:
         if option.many:
-            words = [a for a in overrides if not _is_override(a, command)]
+            keys = _config_keys(command)
+            words = [a for a in overrides if not _is_override(a, keys)]
             overrides = [a for a in overrides if a not in words]
             if words:
                 argv.append(f"{option.key}=[{','.join(_quote(w) for w in words)}]")
@@ -243,18 +244,21 @@ def hydra_argv(command: Command, args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _is_override(word: str, command: Command) -> bool:
-    """``key=value`` (``~group``, ``+key=...``) whose key is one of the command's config keys or
-    groups; other words are the command's positional words, even with "=" in them (run names)."""
+def _config_keys(command: Command) -> set[str]:
+    """The top-level keys and config groups of the command's primary config."""
     import yaml
 
-    if word.startswith(("~", "+")):
-        return True
-    if "=" not in word:
-        return False
     spec = yaml.safe_load(config_search.config_file(f"{command.config}.yaml").read_text(encoding="utf-8")) or {}
     groups = {next(iter(d)).split("/")[-1].split(" ")[-1] for d in spec.get("defaults", []) if isinstance(d, dict)}
-    return word.split("=", 1)[0].split(".", 1)[0] in {*spec, *groups, "hydra"}
+    return {*spec, *groups, "hydra"}
+
+
+def _is_override(word: str, keys: set[str]) -> bool:
+    """``key=value`` (``~group``, ``+key=...``) whose key is one of the command's config ``keys``;
+    other words are the command's positional words, even with "=" in them (run names)."""
+    if word.startswith(("~", "+")):
+        return True
+    return "=" in word and word.split("=", 1)[0].split(".", 1)[0] in keys
 
 
 def _load(target: str) -> Callable[[DictConfig], Any]:

@@ -142,7 +142,7 @@ class ChatEngine:
 
     def prompt(self, conversation: Conversation, message: str) -> list[int]:
         persona = conversation.persona_for(message)
-        header = self.chat_format.header(persona.relation, persona.listener, persona.forms or None) if persona else []
+        header = persona.token_ids(self.chat_format) if persona else []
         return self.chat_format.encode_prompt(conversation.turns, message, self.generator.prompt_budget, header)
 
     def generate(self, conversation: Conversation, message: str) -> str:

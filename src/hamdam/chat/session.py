@@ -218,10 +218,15 @@ def persona_of(cfg: DictConfig, engine: ChatEngine | None = None) -> PersonaHead
         return None
     from hamdam.persona.commands import serving_card
 
-    card = serving_card(Path(cfg.persona_dir), str(cfg.persona))
-    if engine is not None and engine.chat_format.persona_id is None:
-        log.warning("this model was trained without persona headers: the card of %s cannot be given to it", card.name)
-    return card.header
+    header = serving_card(Path(cfg.persona_dir), str(cfg.persona)).header
+    if engine is not None:
+        warn_unconditioned(engine, header)
+    return header
+
+
+def warn_unconditioned(engine: ChatEngine, persona: PersonaHeader | None) -> None:
+    if persona is not None and engine.chat_format.persona_id is None:
+        log.warning("this model was trained without persona headers: the card %s cannot be given to it", persona.card)
 
 
 def new_conversation(cfg: DictConfig, persona: PersonaHeader | None) -> Conversation:
@@ -233,10 +238,11 @@ def new_conversation(cfg: DictConfig, persona: PersonaHeader | None) -> Conversa
 def chat(cfg: DictConfig) -> None:
     if cfg.get("seed") is not None:
         set_seed(int(cfg.seed))
-    persona_of(cfg)  # a missing or retired card stops here, before the model is loaded
+    persona = persona_of(cfg)  # a missing or retired card stops here, before the model is loaded
     model_dir = model_dir_of(cfg)
     engine = build_engine(cfg, model_dir)
-    conversation = new_conversation(cfg, persona_of(cfg, engine))
+    warn_unconditioned(engine, persona)
+    conversation = new_conversation(cfg, persona)
     note = engine.guard.opening_note() if engine.guard else None
     feedback = start_learning(cfg, model_dir) if cfg.learning.enabled else FeedbackState(None, None)
     if hasattr(sys.stdin, "reconfigure"):

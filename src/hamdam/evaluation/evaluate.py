@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from transformers import GenerationConfig, set_seed
 
+from hamdam.data.chat_format import ChatFormat
 from hamdam.data.records import load_dialogues
 from hamdam.evaluation.metrics import generation_metrics
 from hamdam.evaluation.perplexity import perplexity
@@ -120,16 +122,40 @@ def persona_labels(cfg: DictConfig) -> list[tuple[str, str] | None]:
     return [(r["persona"], r["listener"]) if "unknown" not in (r["persona"], r["listener"]) else None for r in rows]
 
 
-def persona_metrics(cfg: DictConfig, replies: list[str], labels: list[tuple[str, str] | None]) -> dict[str, float]:
+class PersonaReference:
+    """The corpus's persona file (``persona_lexicon``), read once where a persona figure needs it: its
+    forms of address for headers, its lexicon for the metric."""
+
+    def __init__(self, path: str | Path):
+        self.path = path
+
+    @cached_property
+    def forms(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        return corpus_addresses(self.path)
+
+    @cached_property
+    def lexicon(self) -> AddressLexicon:
+        return AddressLexicon.from_personas(self.path)
+
+    def header(self, chat_format: ChatFormat, persona: str, listener: str) -> list[int]:
+        """The header with the pair given and the corpus's forms of address for it, as a card gives them."""
+        return chat_format.header(persona, listener, self.forms.get((persona, listener), ()))
+
+
+def persona_metrics(
+    reference: PersonaReference, replies: list[str], labels: list[tuple[str, str] | None]
+) -> dict[str, float]:
     """Persona consistency of the replies, against the labeled listener of each (read by a person,
     not by the metric)."""
     listeners = [pair[1] if pair else None for pair in labels[: len(replies)]]
-    result = persona_consistency(AddressLexicon.from_personas(cfg.persona_lexicon), replies, listeners)
+    result = persona_consistency(reference.lexicon, replies, listeners)
     return {"persona_consistency": result.consistency, "persona_addressed": result.addressed,
             "persona_scored": result.replies}  # fmt: skip
 
 
-def persona_prompt_metrics(cfg: DictConfig, generator: Generator) -> tuple[dict[str, float], list[dict]]:
+def persona_prompt_metrics(
+    cfg: DictConfig, generator: Generator, reference: PersonaReference
+) -> tuple[dict[str, float], list[dict]]:
     """Persona consistency on prompts written apart from the corpus and the metric
     (``persona_prompts``: a persona, a listener and a user's message each), answered twice: with the
     pair and its forms of address in the header (as with a persona card), and with the relation
@@ -138,17 +164,13 @@ def persona_prompt_metrics(cfg: DictConfig, generator: Generator) -> tuple[dict[
         return {}, []
     rows = [json.loads(line) for line in Path(cfg.persona_prompts).read_text(encoding="utf-8").splitlines() if line]
     chat_format = generator.chat_format
-    forms = corpus_addresses(cfg.persona_lexicon)
-    lexicon = AddressLexicon.from_personas(cfg.persona_lexicon)
     prompts = [r["prompt"] for r in rows]
-    given = [
-        chat_format.header(r["persona"], r["listener"], forms.get((r["persona"], r["listener"]), ())) for r in rows
-    ]
+    given = [reference.header(chat_format, r["persona"], r["listener"]) for r in rows]
     relation_only = [chat_format.header(r["persona"]) for r in rows]
     with_pair, _ = generate_replies(generator, prompts, cfg.batch_size, given)
     with_relation, _ = generate_replies(generator, prompts, cfg.batch_size, relation_only)
-    pair = persona_consistency(lexicon, with_pair, [r["listener"] for r in rows])
-    relation = persona_consistency(lexicon, with_relation, [RELATIONS[r["persona"]] for r in rows])
+    pair = persona_consistency(reference.lexicon, with_pair, [r["listener"] for r in rows])
+    relation = persona_consistency(reference.lexicon, with_relation, [RELATIONS[r["persona"]] for r in rows])
     metrics = {
         "persona_prompts_consistency": pair.consistency,
         "persona_prompts_addressed": pair.addressed,
@@ -188,15 +210,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     prompts = [d.first_user_text for d in subset]
     # Persona consistency is measured "with the relation given": the labeled pair in the header.
     labels = persona_labels(cfg)[: len(subset)]
-    forms = corpus_addresses(cfg.persona_lexicon) if labels else {}
-    headers = [chat_format.header(*pair, forms.get(pair, ())) if pair else [] for pair in labels] if labels else None
-    replies, clean = generate_replies(Generator(model, chat_format, generation), prompts, cfg.batch_size, headers)
+    reference = PersonaReference(cfg.persona_lexicon)
+    headers = [reference.header(chat_format, *pair) if pair else [] for pair in labels] if labels else None
+    generator = Generator(model, chat_format, generation)
+    replies, clean = generate_replies(generator, prompts, cfg.batch_size, headers)
     metrics.update(generation_metrics(replies, clean, cfg.script))
     metrics["eval_pairs"] = len(dialogues)
     metrics["generated"] = len(replies)
     if labels:
-        metrics.update(persona_metrics(cfg, replies, labels))
-    persona_prompts, persona_samples = persona_prompt_metrics(cfg, Generator(model, chat_format, generation))
+        metrics.update(persona_metrics(reference, replies, labels))
+    persona_prompts, persona_samples = persona_prompt_metrics(cfg, generator, reference)
     metrics.update(persona_prompts)
 
     out = output_dir(cfg)

@@ -26,6 +26,7 @@ from hamdam.data.records import Dialogue, Turn
 from hamdam.data.versioning import publish, staged_file
 from hamdam.errors import HamdamError
 from hamdam.learning.store import ChatStore, RoundRow, RoundStatus, StoredTurn
+from hamdam.persona.card import PersonaHeader
 from hamdam.safety.detector import LayeredDetector
 from hamdam.safety.pii import scrub
 
@@ -53,15 +54,12 @@ def round_record(turn: StoredTurn) -> dict:
         "response": scrub(reply),
         "origin": "human" if turn.fixed_reply else "chat",
         "turn_id": turn.id,
-        **persona_fields(turn.relation, turn.listener, turn.card),
+        **_record_fields(turn.persona),
     }
 
 
-def persona_fields(relation: str | None, listener: str | None, card: str | None) -> dict[str, str]:
-    """A record's persona header (``persona``, ``listener``) and the card it was said to (``card``:
-    what `hamdam persona retire --delete` removes), where known."""
-    fields = {"persona": relation, "listener": listener, "card": card}
-    return {k: v for k, v in fields.items() if v} if relation else {}
+def _record_fields(header: PersonaHeader | None) -> dict[str, str]:
+    return header.record_fields() if header else {}
 
 
 class ChatTurns:
@@ -96,7 +94,7 @@ class GeneratedSamples:
                 "response": s.reply,
                 "origin": "generated",
                 "prompt_origin": s.prompt_origin,
-                **persona_fields(s.relation, s.listener, s.card),
+                **_record_fields(PersonaHeader.stored(s.relation, s.listener, s.card)),
             }
             for s in store.round_samples(number)
         ]

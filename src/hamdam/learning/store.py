@@ -116,6 +116,7 @@ CREATE TABLE IF NOT EXISTS scores (
 # Columns added after the first release: stores written then are upgraded in place.
 _SESSION_COLUMNS = {"client_id": "TEXT", "learn": "INTEGER NOT NULL DEFAULT 1"}
 _TURN_ADDED = {"card": "TEXT", "relation": "TEXT", "listener": "TEXT"}
+_SAMPLE_ADDED = {"relation": "TEXT", "listener": "TEXT", "card": "TEXT"}
 _ROUND_COLUMNS = {
     "kind": "TEXT NOT NULL DEFAULT 'chat'",
     "base_dir": "TEXT",
@@ -147,7 +148,7 @@ class StoredTurn:
     @property
     def persona(self) -> PersonaHeader | None:
         """The header this turn was answered under (forms of address are the card's, not stored)."""
-        return PersonaHeader(self.relation, self.listener, card=self.card) if self.relation else None
+        return PersonaHeader.stored(self.relation, self.listener, self.card)
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ class ChatStore:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
         added = (("sessions", _SESSION_COLUMNS), ("rounds", _ROUND_COLUMNS), ("turns", _TURN_ADDED),
-                 ("samples", {"relation": "TEXT", "listener": "TEXT", "card": "TEXT"}))  # fmt: skip
+                 ("samples", _SAMPLE_ADDED))  # fmt: skip
         for table, columns in added:
             have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
             for column, declaration in columns.items():

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hamdam.errors import HamdamError
+
+if TYPE_CHECKING:
+    from hamdam.data.chat_format import ChatFormat
 
 # Who the loved one was -> who the user can be to them (the corpus's pairs, corpus/grief_fa/personas.yaml).
 RELATIONS: dict[str, tuple[str, ...]] = {
@@ -45,6 +48,26 @@ class PersonaHeader:
     listener: str | None = None
     forms: tuple[str, ...] = ()
     card: str | None = None
+
+    @classmethod
+    def stored(cls, relation: str | None, listener: str | None, card: str | None) -> PersonaHeader | None:
+        """The header kept as columns of a turn or sample, or as fields of a record (the forms of
+        address are the card's and not kept); None where no relation was known."""
+        return cls(relation, listener, card=card) if relation else None
+
+    def columns(self) -> tuple[str, str | None, str | None]:
+        """``(relation, listener, card)``: how the chat store keeps it."""
+        return self.relation, self.listener, self.card
+
+    def record_fields(self) -> dict[str, str]:
+        """A training record's ``persona`` and ``listener``, and the ``card`` it was said to (what
+        ``hamdam persona retire --delete`` removes), where known."""
+        fields = {"persona": self.relation, "listener": self.listener, "card": self.card}
+        return {k: v for k, v in fields.items() if v}
+
+    def token_ids(self, chat_format: ChatFormat) -> list[int]:
+        """The header as the model reads it, before the user's turn."""
+        return chat_format.header(self.relation, self.listener, self.forms or None)
 
 
 @dataclass(frozen=True)

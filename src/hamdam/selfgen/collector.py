@@ -48,13 +48,12 @@ log = logging.getLogger(__name__)
 
 
 def header_of(record: SourceRecord) -> PersonaHeader | None:
-    dialogue = record.dialogue
-    return PersonaHeader(dialogue.persona, dialogue.listener, card=record.card) if dialogue.persona else None
+    return PersonaHeader.stored(record.dialogue.persona, record.dialogue.listener, record.card)
 
 
 def sample_origin(prompt_origin: str, header: PersonaHeader | None) -> tuple:
     """A stored sample's prompt origin and persona header columns."""
-    return (prompt_origin, *((header.relation, header.listener, header.card) if header else (None, None, None)))
+    return (prompt_origin, *(header.columns() if header else (None, None, None)))
 
 
 class SelfGenerated(GeneratedSamples):
@@ -120,7 +119,7 @@ class SelfGenerated(GeneratedSamples):
         prompts = [(p, "model", h) for p, h in written] + [(p, "human", h) for p, h in drawn]
 
         generator = Generator(model, chat_format, self.generation)
-        headers = [chat_format.header(h.relation, h.listener, h.forms or None) if h else [] for _, _, h in prompts]
+        headers = [h.token_ids(chat_format) if h else [] for _, _, h in prompts]
         replies, ended = generate_replies(generator, [p for p, _, _ in prompts], self.batch_size, headers)
         candidates = [
             Sample(p, scrub(normalize_text(r)), e) for (p, _, _), r, e in zip(prompts, replies, ended, strict=True)
