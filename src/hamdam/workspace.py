@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,7 +82,8 @@ def init(cfg: DictConfig) -> Path:
     if cfg.build_data:
         _first_data_version(root)
     _commit(root)
-    log.info("workspace ready: %s. Next: cd %s && hamdam train experiment=smoke && hamdam chat", root, root)
+    next_steps = f"cd {shlex.quote(str(root))} && hamdam train experiment=smoke && hamdam chat"
+    log.info("workspace ready: %s. Next: %s", root, next_steps)
     return root
 
 
@@ -110,7 +112,9 @@ def _first_data_version(root: Path) -> None:
     from hamdam.corpus.build import build
     from hamdam.data.versioning import dvc_add_data
 
-    build(compose(config_name="build", overrides=[f"paths.root_dir={_quoted(root)}"]))
+    cfg = compose(config_name="build")
+    cfg.paths.root_dir = str(root)  # set, not an override: a path needs no quoting for Hydra
+    build(cfg)
     dvc_add_data(root)
 
 
@@ -120,7 +124,3 @@ def _commit(root: Path) -> None:
     git = git_command(root)
     subprocess.run([*git, "add", "-A"], check=True, capture_output=True)
     subprocess.run([*git, "commit", "-q", "-m", "hamdam init: a new workspace"], check=True, capture_output=True)
-
-
-def _quoted(path: Path) -> str:
-    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
