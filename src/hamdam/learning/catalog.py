@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from hamdam.errors import ModelLoadError
 from hamdam.learning.champion import pipeline_model, serve, served, why
-from hamdam.models.export import LATEST_FILE, read_meta
+from hamdam.models.export import read_latest, read_meta
 
 
 @dataclass
@@ -114,11 +114,7 @@ def resolve(name: str, runs_dir: Path) -> Path:
     if name == "pipeline":
         return pipeline_model(runs_dir)
     if name == "latest":
-        pointer = runs_dir / LATEST_FILE
-        if not pointer.is_file():
-            raise ModelLoadError(f"`hamdam use latest`: no model has been trained here yet ({pointer} does not "
-                                 "exist). Run `hamdam train` first, or name a model from `hamdam models`.")  # fmt: skip
-        return Path(json.loads(pointer.read_text(encoding="utf-8"))["model_dir"])
+        return read_latest(runs_dir)
     if name.startswith("round-") and name[6:].isdigit():
         return runs_dir / "rounds" / f"{int(name[6:]):04d}" / "model"
     path = Path(name).expanduser()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hamdam.errors import ModelLoadError
-from hamdam.models.export import LATEST_FILE, write_pointer
+from hamdam.models.export import LATEST_FILE, read_latest, write_pointer
 
 CHAMPION_FILE = "champion.json"
 # The DVC pipeline's model, beside the runs directory: served until something else is chosen.
@@ -33,11 +33,9 @@ def served(runs_dir: Path) -> tuple[Path, dict[str, Any]]:
     if (default / "hamdam.json").is_file():
         return default, {"default": "pipeline"}
     # A workspace without the DVC pipeline (`hamdam init`): the model its latest `hamdam train` wrote.
-    latest = Path(runs_dir) / LATEST_FILE
-    if latest.is_file():
-        model_dir = Path(json.loads(latest.read_text(encoding="utf-8"))["model_dir"])
-        if (model_dir / "hamdam.json").is_file():
-            return model_dir, {"default": "latest"}
+    latest = read_latest(runs_dir) if (Path(runs_dir) / LATEST_FILE).is_file() else None
+    if latest is not None and (latest / "hamdam.json").is_file():
+        return latest, {"default": "latest"}
     raise ModelLoadError(
         f"No model is served yet: there is no {pointer}, no pipeline model at {default} and no model "
         "trained here. Run `hamdam train` (in a checkout, `make run` trains the pipeline model), or "
